@@ -1,0 +1,124 @@
+"""The data interface every dataset, method and evaluator shares.
+
+An `Example` is either a chat QA example (`messages` before the answer; loss on the
+answer tokens only) or a raw text chunk (`messages=None`; loss on every token).
+`encode` turns one into `input_ids`/`labels` (-100 where no loss); `collate` pads
+any number of such fields generically, so a method can attach its own per-example
+fields (reference log-probs, chosen/rejected ids) without touching this module.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+IGNORE = -100
+
+
+@dataclass
+class Example:
+    answer: str                                  # assistant answer, or the raw text
+    messages: list[dict] | None = None           # chat turns before the answer; None = raw text
+    id: str = ""
+    meta: dict = field(default_factory=dict)     # dataset fields: paraphrased/perturbed answers, pairs, PII...
+
+    @property
+    def is_chat(self) -> bool:
+        return self.messages is not None
+
+
+def chat(question: str, answer: str, id: str = "", system: str | None = None, **meta) -> Example:
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": question}]
+    return Example(answer=answer, messages=messages, id=id, meta=meta)
+
+
+def prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
+    """Token ids of a chat prompt ending with the assistant header (generation prompt)."""
+    out = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    if isinstance(out, dict) or hasattr(out, "keys"):  # transformers >= 5 returns a BatchEncoding
+        out = out["input_ids"]
+    return list(out)
+
+
+def encode(tokenizer, ex: Example, max_length: int = 512, answer: str | None = None,
+           messages: list[dict] | None = None) -> dict:
+    """input_ids + labels for one example; `answer`/`messages` override the example's own.
+
+    Chat: prompt via the chat template, then answer tokens + EOS, loss on answer + EOS.
+    Raw text: text + EOS, loss on every token that has a left context (all but the first).
+    Truncation keeps the prompt and cuts the answer (a raw chunk is cut at the end).
+    """
+    answer = ex.answer if answer is None else answer
+    messages = ex.messages if messages is None else messages
+    ans = tokenizer(answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    if messages is None:
+        ans = ans[:max_length]
+        return {"input_ids": ans, "labels": [IGNORE] + ans[1:]}
+    prompt = prompt_ids(tokenizer, messages)
+    ans = ans[: max(max_length - len(prompt), 1)]
+    return {"input_ids": prompt + ans, "labels": [IGNORE] * len(prompt) + ans}
+
+
+def _pad_value(key: str, pad_id: int):
+    if key.endswith("labels"):
+        return IGNORE
+    if key.endswith("attention_mask"):
+        return 0
+    return pad_id
+
+
+def collate(items: list[dict], pad_id: int, padding_side: str = "right") -> dict:
+    """Pad every `*input_ids` / `*labels` field; add `*attention_mask` for each ids field.
+
+    Numbers become tensors; anything else (Example objects, strings) stays a list.
+    """
+    out: dict = {}
+    for key in items[0]:
+        values = [it[key] for it in items]
+        if isinstance(values[0], (list, tuple)) and (key.endswith("input_ids") or key.endswith("labels")):
+            width = max(len(v) for v in values)
+            pv = _pad_value(key, pad_id)
+            rows = []
+            for v in values:
+                pad = [pv] * (width - len(v))
+                rows.append(list(v) + pad if padding_side == "right" else pad + list(v))
+            out[key] = torch.tensor(rows, dtype=torch.long)
+            if key.endswith("input_ids"):
+                mask_key = key[: -len("input_ids")] + "attention_mask"
+                masks = [[1] * len(v) + [0] * (width - len(v)) if padding_side == "right"
+                         else [0] * (width - len(v)) + [1] * len(v) for v in values]
+                out[mask_key] = torch.tensor(masks, dtype=torch.long)
+        elif isinstance(values[0], (int, float)) and not isinstance(values[0], bool):
+            out[key] = torch.tensor(values, dtype=torch.float32 if isinstance(values[0], float) else torch.long)
+        elif isinstance(values[0], torch.Tensor):
+            out[key] = torch.stack(values)
+        else:
+            out[key] = values
+    return out
+
+
+@dataclass
+class UnlearningData:
+    """What a dataset hands to the run: the sets to unlearn/keep and to build stages from."""
+
+    name: str
+    forget: list[Example]
+    retain: list[Example] | None
+    target_train: list[Example]                    # fine-tune set of the target (forget + retain)
+    reference_train: list[Example] | None = None   # fine-tune set of the retain reference
+    corpus: list[str] = field(default_factory=list)  # texts a tiny tokenizer is trained on
+    extra: dict = field(default_factory=dict)      # dataset-specific material for its evaluator
+
+    def fingerprint(self, examples: list[Example] | None) -> str:
+        """Content hash of a set of examples (stage cache keys depend on it)."""
+        h = hashlib.sha256()
+        for ex in examples or []:
+            h.update(json.dumps([ex.messages, ex.answer], sort_keys=True).encode())
+        return h.hexdigest()[:16]
+
+
+def example_dict(ex: Example) -> dict:
+    return asdict(ex)

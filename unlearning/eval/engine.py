@@ -1,0 +1,147 @@
+"""The shared evaluation engine: batched teacher-forced log-probs and batched greedy generation.
+
+Every evaluator (TOFU, MUSE, PII) goes through these two functions, so a likelihood
+pass per (split, answer variant) feeds every metric that needs it, and guided
+decoding (classifier-free guidance, `generation.guidance`) works for all of them.
+Written by hand: length-sorted batching and per-token statistics (argmax hits and
+the mean/variance of log p under the model's own distribution, for Min-K%++).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from unlearning.data.base import IGNORE, collate, prompt_ids
+
+
+def precision(model, bf16: bool):
+    """bf16 autocast with fp32 master weights (about 2.8x faster forward passes on this CPU)."""
+    if not bf16:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=model.device.type, dtype=torch.bfloat16)
+
+
+@dataclass
+class TokenScores:
+    """Per answer token (labels != -100), in order."""
+
+    logp: np.ndarray            # log p(label token | prefix)
+    hit: np.ndarray             # argmax prediction == label
+    mu: np.ndarray | None = None    # E_{z~p}[log p(z)] at that position (Min-K%++)
+    var: np.ndarray | None = None   # Var_{z~p}[log p(z)]
+
+    @property
+    def avg_nll(self) -> float:
+        return float(-self.logp.mean()) if len(self.logp) else float("nan")
+
+
+def _batches(order: list[int], size: int):
+    for i in range(0, len(order), size):
+        yield order[i : i + size]
+
+
+@torch.no_grad()
+def score(model, items: list[dict], pad_id: int, batch_size: int = 16, stats: bool = False,
+          bf16: bool = False, desc: str | None = None) -> list[TokenScores]:
+    """Teacher-forced scores of the labelled tokens of each encoded item (input_ids, labels)."""
+    from tqdm.auto import tqdm
+
+    model.eval()
+    order = sorted(range(len(items)), key=lambda i: len(items[i]["input_ids"]))
+    out: list[TokenScores | None] = [None] * len(items)
+    batches = list(_batches(order, batch_size))
+    for idx in tqdm(batches, desc=desc, disable=desc is None, leave=False):
+        batch = collate([{"input_ids": items[i]["input_ids"], "labels": items[i]["labels"]} for i in idx], pad_id)
+        batch = {k: v.to(model.device) for k, v in batch.items()}
+        with precision(model, bf16):
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        logits = logits[:, :-1].float()
+        labels = batch["labels"][:, 1:]
+        logprobs = torch.log_softmax(logits, dim=-1)
+        mask = labels != IGNORE
+        safe = labels.clamp(min=0)
+        tok_lp = logprobs.gather(-1, safe.unsqueeze(-1)).squeeze(-1)
+        hits = logprobs.argmax(-1) == labels
+        if stats:
+            p = logprobs.exp()
+            mu = (p * logprobs).sum(-1)
+            var = (p * logprobs.square()).sum(-1) - mu.square()
+        for row, i in enumerate(idx):
+            m = mask[row]
+            out[i] = TokenScores(
+                logp=tok_lp[row][m].double().cpu().numpy(),
+                hit=hits[row][m].cpu().numpy(),
+                mu=mu[row][m].double().cpu().numpy() if stats else None,
+                var=var[row][m].double().cpu().numpy() if stats else None,
+            )
+    return out  # type: ignore[return-value]
+
+
+def chat_prompts(tokenizer, messages_list: list[list[dict]], system_prompt: str | None = None) -> list[list[int]]:
+    """Token ids of chat prompts; `system_prompt` (if set) replaces/sets the system turn."""
+    out = []
+    for msgs in messages_list:
+        if system_prompt is not None:
+            msgs = [{"role": "system", "content": system_prompt}] + [m for m in msgs if m["role"] != "system"]
+        out.append(prompt_ids(tokenizer, msgs))
+    return out
+
+
+def cut(text: str, stop_strings) -> str:
+    for s in stop_strings or ():
+        if s and s in text:
+            text = text.split(s)[0]
+    return text.strip()
+
+
+@torch.no_grad()
+def greedy(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, batch_size: int = 16,
+           stop_strings: list[str] | None = None, bf16: bool = False, desc: str | None = None,
+           negative_prompts: list[list[int]] | None = None, guidance=None) -> list[str]:
+    """Batched greedy decoding with left padding; returns the decoded continuations, cut at stops.
+
+    With `guidance` (a `unlearning.guidance.Guidance` whose scale != 1) and
+    `negative_prompts`, each step runs both contexts in one batched pass (CFG).
+    """
+    from tqdm.auto import tqdm
+
+    model.eval()
+    eos = tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    texts: list[str | None] = [None] * len(prompts)
+    guided = guidance is not None and guidance.active and negative_prompts is not None
+    for idx in tqdm(list(_batches(order, batch_size)), desc=desc, disable=desc is None, leave=False):
+        if guided:
+            from unlearning.guidance import guided_greedy
+
+            new = guided_greedy(model, [prompts[i] for i in idx], [negative_prompts[i] for i in idx],
+                                max_new_tokens=max_new_tokens, eos_id=eos, pad_id=pad, guidance=guidance,
+                                bf16=bf16, stop_strings=stop_strings, tokenizer=tokenizer)
+        else:
+            batch = collate([{"input_ids": prompts[i]} for i in idx], pad, padding_side="left")
+            batch = {k: v.to(model.device) for k, v in batch.items()}
+            kwargs = dict(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos, pad_token_id=pad)
+            if stop_strings:
+                kwargs.update(stop_strings=list(stop_strings), tokenizer=tokenizer)
+            with precision(model, bf16):
+                gen = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                     generation_config=_plain_config(model), **kwargs)
+            new = gen[:, batch["input_ids"].shape[1]:].tolist()
+        for row, i in enumerate(idx):
+            toks = new[row]
+            if eos in toks:
+                toks = toks[: toks.index(eos)]
+            texts[i] = cut(tokenizer.decode(toks, skip_special_tokens=True), stop_strings)
+    return texts  # type: ignore[return-value]
+
+
+def _plain_config(model):
+    """A generation config without the checkpoint's sampling defaults (greedy must be greedy)."""
+    from transformers import GenerationConfig
+
+    return GenerationConfig(do_sample=False, temperature=None, top_p=None, top_k=None)

