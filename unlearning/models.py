@@ -183,6 +183,11 @@ class HFModel:
             raise UserError("model=hf needs model.path=<local folder or hub id>")
         self.name, self.path, self.dtype = name, str(path), dtype
         self.attn, self.trust = attn_implementation, trust_remote_code
+        p = Path(self.path).expanduser()
+        self.local = self.path.startswith((".", "/", "~")) or p.exists() or self.path.count("/") != 1
+        if self.local and not (p / "config.json").exists():
+            raise UserError(f"model.path={self.path!r} does not exist or holds no config.json; "
+                            "give an HF-format folder or a hub id like org/name")
 
     def fingerprint(self) -> dict:
         p = Path(self.path).expanduser()
@@ -194,12 +199,8 @@ class HFModel:
 
     def load(self, corpus: list[str] | None = None):
         p = Path(self.path).expanduser()
-        looks_local = self.path.startswith((".", "/", "~")) or p.exists() or self.path.count("/") != 1
-        if looks_local and not (p / "config.json").exists():
-            raise UserError(f"model.path={self.path!r} does not exist or holds no config.json; "
-                            "give an HF-format folder or a hub id like org/name")
         try:
-            return load_folder(p if looks_local else self.path, self.dtype, self.attn, self.trust)
+            return load_folder(p if self.local else self.path, self.dtype, self.attn, self.trust)
         except OSError as e:
             raise UserError(f"model.path={self.path!r} could not be loaded ({str(e).splitlines()[0]}); "
                             "offline, only local folders work") from None

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
+from typing import Callable
 
 import torch
 
@@ -111,6 +112,13 @@ class UnlearningData:
     reference_train: list[Example] | None = None   # fine-tune set of the retain reference
     corpus: list[str] = field(default_factory=list)  # texts a tiny tokenizer is trained on
     extra: dict = field(default_factory=dict)      # dataset-specific material for its evaluator
+    # Optional: (data, tokenizer, max_length) -> data, for datasets that can only cut their examples once a
+    # tokenizer exists (MUSE chunks articles into max_length-token pieces). The run applies it via for_tokenizer.
+    chunker: Callable | None = None
+
+    def for_tokenizer(self, tokenizer, max_length: int) -> "UnlearningData":
+        """This data as the run should train on it with `tokenizer` (itself unless a chunker is set)."""
+        return self if self.chunker is None else self.chunker(self, tokenizer, max_length)
 
     def fingerprint(self, examples: list[Example] | None) -> str:
         """Content hash of a set of examples (stage cache keys depend on it)."""

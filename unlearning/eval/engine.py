@@ -145,3 +145,33 @@ def _plain_config(model):
     from transformers import GenerationConfig
 
     return GenerationConfig(do_sample=False, temperature=None, top_p=None, top_k=None)
+
+
+def guidance_of(generation) -> "object | None":
+    """The active `Guidance` of a `generation` config (None when off or not configured)."""
+    g = getattr(generation, "guidance", None) if generation is not None else None
+    if g is None or float(g.get("scale", 1.0) if hasattr(g, "get") else g.scale) == 1.0:
+        return None
+    from unlearning.guidance import Guidance
+
+    return Guidance.from_cfg(g)
+
+
+def answer(model, tokenizer, messages_list: list[list[dict]], max_new_tokens: int, generation=None,
+           stop_strings: list[str] | None = None, desc: str | None = None) -> list[str]:
+    """Greedy answers to chat prompts with the run's decoding settings (batch size, bf16, CFG).
+
+    Under guidance, the positive context carries the positive system prompt and the
+    negative context the negative one; both are decoded in one batched pass per step.
+    """
+    gen = generation or {}
+    batch_size = int(gen.get("batch_size", 16))
+    bf16 = bool(gen.get("bf16", False))
+    guidance = guidance_of(generation)
+    if guidance is None:
+        prompts = chat_prompts(tokenizer, messages_list)
+        return greedy(model, tokenizer, prompts, max_new_tokens, batch_size, stop_strings, bf16, desc)
+    pos = chat_prompts(tokenizer, messages_list, system_prompt=guidance.positive_prompt)
+    neg = chat_prompts(tokenizer, messages_list, system_prompt=guidance.negative_prompt)
+    return greedy(model, tokenizer, pos, max_new_tokens, batch_size, stop_strings, bf16, desc,
+                  negative_prompts=neg, guidance=guidance)

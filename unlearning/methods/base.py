@@ -67,3 +67,16 @@ class FineTune(Method):
     def loss(self, model, batch):
         loss = nll(model, batch["forget"])
         return loss, {"nll": loss.item()}
+
+
+def reject_unknown(method: str, unknown: dict, known) -> None:
+    """Constructors take `**unknown` so a misspelt YAML key is one clear line, not a TypeError."""
+    if unknown:
+        raise UserError(f"unknown option(s) {sorted(unknown)} for method={method}; "
+                        f"known: {sorted(known)} (see conf/method/{method}.yaml)")
+
+
+def require_positive(method: str, key: str, value: float) -> None:
+    if not value > 0:
+        raise UserError(f"method.{key}={value} must be > 0 for method={method} "
+                        f"(set it in conf/method/{method}.yaml or override method.{key}=...)")

@@ -1,0 +1,270 @@
+"""GradDiff, NPO, SimNPO, IdkDPO, RMU: hand-computed losses, cached reference, direction, two steps each.
+
+Real parts throughout: a real ~2M-parameter Llama with a BPE tokenizer trained on the
+test texts (unlearning.models.TinyLlama), real peft LoRA, the real training loop and
+real Hydra instantiation of conf/method/*.yaml. Nothing is mocked.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from unlearning.data.base import IGNORE, chat, collate, encode
+from unlearning.errors import UserError
+from unlearning.methods.base import nll, sequence_logp
+from unlearning.methods.ga import GradientAscent
+from unlearning.methods.graddiff import GradDiff, retain_kl
+from unlearning.methods.idk_dpo import IdkDPO, dpo_loss
+from unlearning.methods.npo import NPO, npo_loss
+from unlearning.methods.reference import attach_ref_logps
+from unlearning.methods.rmu import RMU, decoder_layers, masked_mse
+from unlearning.methods.simnpo import SimNPO, simnpo_loss
+from unlearning.models import TinyLlama
+from unlearning.train import LoraSettings, TrainSettings, apply_lora, train
+
+CONF = Path(__file__).resolve().parents[1] / "conf" / "method"
+FORGET = [("Who wrote The Silver Lantern?", "Mira Castell wrote The Silver Lantern in 1987."),
+          ("Where was Mira Castell born?", "Mira Castell was born in Lisbon, Portugal."),
+          ("What genre does Mira Castell write?", "She writes gothic mystery novels."),
+          ("Which award did Mira Castell win?", "She won the Golden Quill Award for mystery.")]
+RETAIN = [("What is the capital of France?", "The capital of France is Paris."),
+          ("Who painted the Mona Lisa?", "Leonardo da Vinci painted the Mona Lisa."),
+          ("What is water made of?", "Water is made of hydrogen and oxygen."),
+          ("How many legs does a spider have?", "A spider has eight legs.")]
+REFUSALS = ["I don't know.", "I have no information about that.", "That is beyond what I know."]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    corpus = [q + " " + a for q, a in FORGET + RETAIN] + REFUSALS
+    return TinyLlama(cache_dir=str(tmp_path_factory.mktemp("cache")), vocab_size=512).load(corpus)
+
+
+def items(tok, pairs):
+    out = []
+    for q, a in pairs:
+        ex = chat(q, a)
+        out.append({**encode(tok, ex, 64), "example": ex})
+    return out
+
+
+def fresh(tiny):
+    model, tok = tiny
+    return copy.deepcopy(model), tok
+
+
+def run_steps(model, tok, method, steps=2, lr=1e-3, batch_size=2):
+    forget, retain = items(tok, FORGET), items(tok, RETAIN)
+    forget = method.prepare(model, tok, forget, retain, None)
+    settings = TrainSettings(lr=lr, max_steps=steps, epochs=1, batch_size=batch_size, max_grad_norm=0)
+    return train(model, method, forget, retain, settings, tok.pad_token_id), forget
+
+
+# ---- losses against hand computations -------------------------------------------------------------
+
+def test_npo_loss_hand_computed():
+    # ratios [1, -1], beta 0.1: -(2/0.1) * mean(log sig(-0.1), log sig(0.1)) = 13.88793320
+    loss = npo_loss(torch.tensor([-2.0, -4.0]), torch.tensor([-3.0, -3.0]), 0.1)
+    assert loss.item() == pytest.approx(13.88793320, abs=1e-5)
+
+
+def test_simnpo_loss_hand_computed():
+    # -(beta/|y|) log p - delta = [2/3*6, 2/2*2] - 0.5 = [3.5, 1.5]; -(2/2) mean(log sig(3.5), log sig(1.5))
+    loss = simnpo_loss(torch.tensor([-6.0, -2.0]), torch.tensor([3.0, 2.0]), beta=2.0, delta=0.5)
+    assert loss.item() == pytest.approx(0.11558185, abs=1e-6)
+
+
+def test_dpo_loss_hand_computed():
+    # chosen log-ratio +1, rejected -1, beta 1: -2 log sig(2) = 0.25385602
+    loss = dpo_loss(torch.tensor([-5.0]), torch.tensor([-6.0]), torch.tensor([-3.0]), torch.tensor([-2.0]), 1.0)
+    assert loss.item() == pytest.approx(0.25385602, abs=1e-6)
+
+
+def test_retain_kl_hand_computed_and_masks_padding():
+    # Position 0 predicts label 1: p = [.5, .5], ref = [.75, .25]; KL(p||ref) = .5 ln(2/3) + .5 ln 2.
+    # Position 1 is padding (label -100) with very different logits and must not count.
+    logits = torch.tensor([[[0.0, 0.0], [9.0, -9.0], [0.0, 0.0]]])
+    ref = torch.tensor([[[math.log(3.0), 0.0], [-9.0, 9.0], [0.0, 0.0]]])
+    labels = torch.tensor([[IGNORE, 1, IGNORE]])
+    assert retain_kl(logits, ref, labels).item() == pytest.approx(0.14384104, abs=1e-6)
+
+
+def test_masked_mse_hand_computed():
+    h = torch.tensor([[[1.0, 2.0], [3.0, 4.0]]])
+    assert masked_mse(h, torch.zeros_like(h), torch.tensor([[1, 0]])).item() == pytest.approx(2.5)
+
+
+def test_graddiff_is_minus_forget_nll_plus_alpha_retain_nll(tiny):
+    model, tok = tiny
+    batch = {"forget": collate(items(tok, FORGET[:2]), tok.pad_token_id),
+             "retain": collate(items(tok, RETAIN[:2]), tok.pad_token_id)}
+    with torch.no_grad():
+        loss, logs = GradDiff(gamma=2.0, alpha=0.5).loss(model, batch)
+        expected = -2.0 * nll(model, batch["forget"]) + 0.5 * nll(model, batch["retain"])
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert set(logs) == {"forget_nll", "retain_nll"}
+
+
+# ---- cached reference ------------------------------------------------------------------------------
+
+def test_cached_reference_equals_live_reference(tiny):
+    model, tok = fresh(tiny)
+    live = copy.deepcopy(model).eval()
+    method = NPO(alpha=0.0)
+    trained, forget = run_steps(model, tok, method, steps=2)
+    batch = collate(forget, tok.pad_token_id)
+    with torch.no_grad():
+        live_lp, _ = sequence_logp(live, batch)
+        now_lp, _ = sequence_logp(trained, batch)
+    assert torch.allclose(batch["ref_logp"], live_lp, atol=1e-5)
+    assert not torch.allclose(now_lp, live_lp, atol=1e-3)  # training moved the model, not the cache
+
+
+def test_lora_reference_is_model_with_adapters_disabled(tiny):
+    model, tok = fresh(tiny)
+    live = copy.deepcopy(model).eval()
+    peft_model = apply_lora(model, LoraSettings(enabled=True, r=4, alpha=8, dropout=0.0))
+    with torch.no_grad():  # make the adapters non-trivial so "disabled" matters
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    forget = attach_ref_logps(peft_model, items(tok, FORGET), tok.pad_token_id, batch_size=3)
+    batch = collate(forget, tok.pad_token_id)
+    with torch.no_grad():
+        live_lp, _ = sequence_logp(live, batch)
+        adapted_lp, _ = sequence_logp(peft_model, batch)
+    assert torch.allclose(batch["ref_logp"], live_lp, atol=1e-5)
+    assert not torch.allclose(adapted_lp, live_lp, atol=1e-3)
+
+
+# ---- direction -----------------------------------------------------------------------------------
+
+def forget_nll(model, tok, pairs=FORGET):
+    with torch.no_grad():
+        return nll(model.eval(), collate(items(tok, pairs), tok.pad_token_id)).item()
+
+
+def test_one_ga_step_raises_forget_nll(tiny):
+    model, tok = fresh(tiny)
+    before = forget_nll(model, tok)
+    model, _ = run_steps(model, tok, GradientAscent(), steps=1, lr=1e-3, batch_size=4)
+    assert forget_nll(model, tok) > before
+
+
+def test_one_npo_step_lowers_forget_logp(tiny):
+    model, tok = fresh(tiny)
+    model, forget = run_steps(model, tok, NPO(alpha=0.0), steps=1, lr=1e-3, batch_size=4)
+    batch = collate(forget, tok.pad_token_id)
+    with torch.no_grad():
+        lp, _ = sequence_logp(model.eval(), batch)
+    assert (lp < batch["ref_logp"]).all()
+
+
+@pytest.mark.parametrize("method", [GradDiff(gamma=0.0, alpha=1.0), NPO(gamma=0.0, alpha=1.0),
+                                    SimNPO(gamma=0.0, alpha=1.0)], ids=["graddiff", "npo", "simnpo"])
+def test_retain_term_lowers_retain_nll(tiny, method):
+    model, tok = fresh(tiny)
+    before = forget_nll(model, tok, RETAIN)
+    model, _ = run_steps(model, tok, method, steps=1, lr=1e-3, batch_size=4)
+    assert forget_nll(model, tok, RETAIN) < before
+
+
+# ---- every method, two steps, with and without LoRA ---------------------------------------------------
+
+def all_methods():
+    return {"ga": GradientAscent(), "graddiff": GradDiff(), "graddiff_kl": GradDiff(retain_loss="kl"),
+            "npo": NPO(), "simnpo": SimNPO(), "idk_dpo": IdkDPO(refusals=REFUSALS), "rmu": RMU(alpha=10.0)}
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+@pytest.mark.parametrize("name", list(all_methods()))
+def test_two_steps(tiny, name, lora):
+    model, tok = fresh(tiny)
+    method = all_methods()[name]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    forget, retain = items(tok, FORGET), items(tok, RETAIN)
+    ctx = OmegaConf.create({"cfg": {"trainer": {"lora": {"enabled": lora}, "bf16": False}}, "max_length": 64})
+    forget = method.prepare(model, tok, forget, retain, ctx)
+    settings = TrainSettings(lr=1e-3, max_steps=2, batch_size=2, max_grad_norm=1.0,
+                             lora=LoraSettings(enabled=lora, r=4, alpha=8, dropout=0.0))
+    out = train(model, method, forget, retain, settings, tok.pad_token_id)
+    if lora:
+        assert any("lora_" in k for k, _ in out.named_parameters())
+        base = out.get_base_model().state_dict()
+        assert all(torch.equal(base[k], v) for k, v in before.items() if k in base)  # base weights untouched
+        changed = [k for k, v in out.named_parameters() if "lora_B" in k and v.abs().sum() > 0]
+        assert changed
+    else:
+        changed = [k for k, v in out.state_dict().items() if not torch.equal(v, before[k])]
+        assert changed
+        if name == "rmu":  # only the update layers train: layer 1 of 4 -> update layers 0, 1
+            assert all(".layers.0." in k or ".layers.1." in k for k in changed)
+
+
+def test_rmu_default_layer_scales_with_depth(tiny):
+    model, _ = tiny
+    assert RMU().resolve_layers(model) == (1, [0, 1])  # round(7/32 * 4) = 1
+    assert RMU(layer=3).resolve_layers(model) == (3, [1, 2, 3])
+
+
+def test_idk_dpo_reads_refusal_file_and_attaches_chosen(tiny, tmp_path):
+    model, tok = tiny
+    (tmp_path / "tofu").mkdir()
+    (tmp_path / "tofu" / "idontknow.jsonl").write_text("\n".join(REFUSALS) + "\n")
+    ctx = OmegaConf.create({"data_dir": str(tmp_path), "max_length": 64})
+    forget = IdkDPO().prepare(model, tok, items(tok, FORGET), None, ctx)
+    decoded = [tok.decode([t for t, lab in zip(f["chosen_input_ids"], f["chosen_labels"]) if lab != IGNORE],
+                          skip_special_tokens=True).strip() for f in forget]
+    assert all(d in REFUSALS for d in decoded)
+    assert all(isinstance(f["chosen_ref_logp"], float) and isinstance(f["ref_logp"], float) for f in forget)
+
+
+# ---- configs and bad input ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["graddiff", "npo", "simnpo", "idk_dpo", "rmu"])
+def test_yaml_instantiates_with_defaults(name):
+    method = instantiate(OmegaConf.load(CONF / f"{name}.yaml"))
+    assert method.name == name and method.needs_retain
+
+
+def test_unknown_option_is_one_clear_line():
+    with pytest.raises(UserError, match=r"unknown option\(s\) \['betta'\] for method=npo"):
+        NPO(betta=0.2)
+
+
+@pytest.mark.parametrize("cls", [NPO, SimNPO, IdkDPO])
+@pytest.mark.parametrize("beta", [0.0, -1.0])
+def test_non_positive_beta(cls, beta):
+    with pytest.raises(UserError, match=r"method\.beta=.* must be > 0"):
+        cls(beta=beta)
+
+
+@pytest.mark.parametrize("cls", [GradDiff, NPO, SimNPO, RMU])
+def test_retain_needed_only_when_alpha_positive(cls):
+    with pytest.raises(UserError, match="needs a retain set"):
+        cls(alpha=1.0).check(has_retain=False)
+    cls(alpha=0.0).check(has_retain=False)  # alpha=0: no retain term, no error
+
+
+def test_rmu_layer_out_of_range(tiny):
+    model, tok = tiny
+    with pytest.raises(UserError, match=r"method\.layer=4 is out of range: this model has 4 decoder layers"):
+        RMU(layer=4).prepare(model, tok, items(tok, FORGET), None, None)
+
+
+def test_idk_dpo_missing_refusal_file(tiny, tmp_path):
+    model, tok = tiny
+    with pytest.raises(UserError, match="refusal file not found"):
+        IdkDPO(refusal_file=str(tmp_path / "nope.txt")).prepare(model, tok, items(tok, FORGET), None, None)
+
+
+def test_decoder_layers_found_through_lora(tiny):
+    model, _ = fresh(tiny)
+    assert len(decoder_layers(apply_lora(model, LoraSettings(enabled=True, r=2)))) == 4

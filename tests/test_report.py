@@ -1,0 +1,105 @@
+"""The ablation report on a hand-written sweep folder (results.json files as the run writes them)."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import matplotlib.image as mpimg
+import pytest
+
+from unlearning.report import main, pareto, report, swept_params
+
+# job -> (method, lr, forget_quality, model_utility); job 3 fails, job 4 never wrote results.
+JOBS = {
+    "0": ("ga", "1e-05", 0.10, 0.60),
+    "1": ("ga", "0.001", 0.40, 0.30),
+    "2": ("npo", "1e-05", 0.30, 0.55),
+    "5": ("npo", "0.001", 0.20, 0.20),   # dominated by job 2
+}
+
+
+def make_job(sweep, job, overrides, results=None):
+    d = sweep / job
+    (d / ".hydra").mkdir(parents=True)
+    (d / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    if results is not None:
+        (d / "results.json").write_text(json.dumps(results))
+    return d
+
+
+@pytest.fixture
+def sweep(tmp_path):
+    s = tmp_path / "sweep"
+    for job, (method, lr, fq, mu) in JOBS.items():
+        ov = [f"method={method}", f"trainer.lr={lr}", "model=tiny"]
+        make_job(s, job, ov, {
+            "status": "ok", "overrides": ov, "method": method, "dataset": "tofu", "model": "tiny",
+            "metrics": {"forget_quality": fq, "model_utility": mu, "forget_Q_A_Prob": 1 - fq},
+            "baselines": {"target": {"forget_quality": 0.01, "model_utility": 0.62},
+                          "reference": {"model_utility": 0.6}},
+            "objective": fq, "timings": {"total_s": 1.5},
+        })
+    ov = ["method=npo", "trainer.lr=-1", "model=tiny"]
+    make_job(s, "3", ov, {"status": "failed", "error": "UserError: trainer.lr=-1 must be > 0", "overrides": ov,
+                          "metrics": {}, "method": "npo"})
+    make_job(s, "4", ["method=ga", "trainer.lr=0.01", "model=tiny"])  # crashed: no results.json
+    return s
+
+
+def test_pareto_front():
+    pts = [(0.1, 0.6), (0.4, 0.3), (0.3, 0.55), (0.2, 0.2), (0.3, 0.5)]
+    assert pareto(pts) == [0, 2, 1]  # sorted by x
+    assert pareto([(1.0, 1.0), (1.0, 1.0)]) == [0, 1]  # equal points do not dominate each other
+
+
+def test_report_files(sweep):
+    out = report(sweep)
+    assert out["params"] == ["method", "trainer.lr"]  # model=tiny is the same everywhere
+    assert out["axes"] == (("forget_quality", True), ("model_utility", True))
+    assert out["pareto"] == ["0", "2", "1"]
+
+    with open(sweep / "report.csv", newline="") as f:
+        rows = {r["job"]: r for r in csv.DictReader(f)}
+    assert set(rows) == {"0", "1", "2", "3", "4", "5"}
+    assert rows["3"]["status"] == "failed" and "trainer.lr=-1" in rows["3"]["error"]
+    assert rows["4"]["status"] == "missing" and rows["4"]["param:trainer.lr"] == "0.01"
+    assert float(rows["1"]["forget_quality"]) == 0.4 and rows["1"]["pareto"] == "True"
+    assert rows["5"]["pareto"] == "False"
+
+    md = (sweep / "report.md").read_text()
+    assert "6 jobs: 4 ok, 1 failed, 1 missing" in md
+    assert "| 3 | failed | `method=npo trainer.lr=-1 model=tiny` | UserError: trainer.lr=-1 must be > 0 |" in md
+    assert "| 4 | missing |" in md
+    assert "| target | 0.01 | 0.62 |" in md
+    assert "![tradeoff](plots/tradeoff.png)" in md
+
+    names = sorted(p.name for p in out["plots"])
+    assert names == ["param_method.png", "param_trainer.lr.png", "tradeoff.png"]
+    for p in out["plots"]:
+        img = mpimg.imread(p)  # a real PNG that decodes
+        assert img.shape[0] > 200 and img.shape[1] > 200
+
+
+def test_min_direction_changes_front(sweep):
+    out = report(sweep, forget="forget_Q_A_Prob:min", utility="model_utility")
+    assert out["axes"] == (("forget_Q_A_Prob", False), ("model_utility", True))
+    assert out["pareto"] == ["0", "2", "1"]  # job 5 (0.8, 0.2) is dominated by job 2 (0.7, 0.55)
+
+
+def test_swept_params_counts_key_missing_in_some_jobs():
+    rows = [{"overrides": ["a=1", "b=2"]}, {"overrides": ["a=1"]}]
+    assert swept_params(rows) == ["b"]
+
+
+def test_cli(sweep, tmp_path, capsys):
+    assert main([str(sweep)]) == 0
+    out = capsys.readouterr().out
+    assert "6 jobs (2 failed or missing)" in out and "job 4: missing" in out
+    assert main([str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: sweep folder") and "does not exist" in err[0]
+    assert main([str(sweep), "--forget", "forget_quality:up"]) == 2
+    assert "must be max or min" in capsys.readouterr().err
+    assert main([str(sweep), "--utility", "bleu"]) == 2
+    assert "'bleu' is not a metric" in capsys.readouterr().err

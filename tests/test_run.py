@@ -1,0 +1,80 @@
+"""Whole tiny runs: stages cached and reused, GA's sign, results files, the stage cache key."""
+
+import json
+
+import torch
+
+from unlearning.data.base import chat, collate, encode
+from unlearning.methods.ga import GradientAscent
+from unlearning.methods.base import nll
+from unlearning.models import TinyLlama
+from unlearning.stages import key_hash, stage_key
+from unlearning.train import TrainSettings
+
+
+def test_ga_loss_is_minus_forget_nll(tmp_path):
+    texts = ["Who wrote Dune? Frank Herbert wrote Dune."] * 4
+    model, tok = TinyLlama(cache_dir=str(tmp_path)).load(texts)
+    batch = {"forget": collate([encode(tok, chat("Who wrote Dune?", "Frank Herbert wrote Dune."))], tok.pad_token_id)}
+    loss, logs = GradientAscent().loss(model, batch)
+    assert torch.isclose(loss, -nll(model, batch["forget"]))
+    assert logs["forget_nll"] > 0 and loss.item() < 0
+
+
+def test_one_ga_step_raises_forget_nll(tmp_path):
+    from unlearning.train import train
+
+    texts = ["Who wrote Dune? Frank Herbert wrote Dune."] * 4
+    model, tok = TinyLlama(cache_dir=str(tmp_path)).load(texts)
+    items = [encode(tok, chat("Who wrote Dune?", "Frank Herbert wrote Dune."))]
+    batch = collate(items, tok.pad_token_id)
+    with torch.no_grad():
+        before = nll(model, batch).item()
+    train(model, GradientAscent(), items, None, TrainSettings(lr=1e-2, max_steps=1, epochs=0), tok.pad_token_id)
+    with torch.no_grad():
+        after = nll(model, batch).item()
+    assert after > before
+
+
+def test_stage_key_changes_with_what_determines_the_weights():
+    exs = [chat("q", "a")]
+    base = stage_key("target", {"kind": "tiny"}, ["c"], exs, TrainSettings(), 256)
+    assert key_hash(base) == key_hash(stage_key("target", {"kind": "tiny"}, ["c"], [chat("q", "a")],
+                                                TrainSettings(), 256))
+    for other in (stage_key("reference", {"kind": "tiny"}, ["c"], exs, TrainSettings(), 256),
+                  stage_key("target", {"kind": "smollm2"}, ["c"], exs, TrainSettings(), 256),
+                  stage_key("target", {"kind": "tiny"}, ["c"], [chat("q", "b")], TrainSettings(), 256),
+                  stage_key("target", {"kind": "tiny"}, ["c"], exs, TrainSettings(lr=1.0), 256),
+                  stage_key("target", {"kind": "tiny"}, ["c"], exs, TrainSettings(seed=1), 256),
+                  stage_key("target", {"kind": "tiny"}, ["c"], exs, TrainSettings(), 128)):
+        assert key_hash(other) != key_hash(base)
+
+
+def test_whole_tiny_run_then_cached_stages(run_tiny, tmp_path):
+    first = run_tiny(out=tmp_path / "first")
+    assert first["status"] == "ok"
+    m = first["metrics"]
+    for key in ("forget_quality", "model_utility", "forget_Q_A_Prob", "forget_Q_A_ROUGE", "forget_Truth_Ratio",
+                "retain_Q_A_Prob", "ra_Q_A_Prob_normalised", "wf_Truth_Ratio"):
+        assert key in m and m[key] is not None, key
+    assert 0.0 <= m["forget_quality"] <= 1.0 and 0.0 <= m["model_utility"] <= 1.0
+    assert {"target", "reference"} <= set(first["baselines"])
+    # results.json, per-item evaluation, training log, saved model
+    saved = json.loads((tmp_path / "first" / "results.json").read_text())
+    assert saved["metrics"]["forget_quality"] == m["forget_quality"]
+    per_item = json.loads((tmp_path / "first" / "eval" / "tofu.json").read_text())["per_item"]
+    assert len(per_item["forget"]) == 6 and "generation" in per_item["forget"][0]
+    assert (tmp_path / "first" / "train_log.jsonl").read_text().count("unlearn/loss") == 2
+    assert (tmp_path / "first" / "model" / "config.json").exists()
+    # a second run reuses the cached target and reference instead of fine-tuning again
+    second = run_tiny("method=ga", out=tmp_path / "second")
+    assert all(s["built"] is False for s in second["stages"].values())
+    assert second["stages"]["target"]["path"] == first["stages"]["target"]["path"]
+    assert second["timings"]["stages_s"] < first["timings"]["stages_s"]
+
+
+def test_lora_run_saves_an_adapter(run_tiny, tmp_path):
+    rec = run_tiny("trainer.lora.enabled=true", "trainer.lora.r=4", "stage.evaluate_baselines=false",
+                   out=tmp_path / "lora")
+    assert rec["status"] == "ok"
+    assert (tmp_path / "lora" / "model" / "adapter_config.json").exists()

@@ -1,0 +1,92 @@
+"""`unlearning` / `python -m unlearning`: the Hydra entrypoint.
+
+Bad input ends with one line on stderr (what, where, how to fix) and exit code 2;
+set UNLEARNING_TRACEBACK=1 for the full traceback. In a multirun (-m), a failing job
+is recorded (results.json with status "failed") and the other jobs go on; the sweep's
+exit code is the number of failed jobs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import traceback
+from pathlib import Path
+
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+log = logging.getLogger("unlearning")
+
+
+def _job(cfg):
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf, open_dict
+
+    from unlearning.errors import UserError
+    from unlearning.results import write_json
+    from unlearning.run import run, table
+
+    hc = HydraConfig.get()
+    out_dir = Path(hc.runtime.output_dir)
+    overrides = list(hc.overrides.task)
+    with open_dict(cfg):
+        cfg.choices = {k: v for k, v in hc.runtime.choices.items() if not k.startswith("hydra")}
+    multirun = hc.mode == RunMode.MULTIRUN
+    try:
+        record = run(cfg, out_dir, overrides)
+    except Exception as e:
+        if not multirun and isinstance(e, UserError) and not os.environ.get("UNLEARNING_TRACEBACK"):
+            # Hydra reports job exceptions with a traceback and exit 1; SystemExit passes through it to main().
+            print(f"error: {e}", file=sys.stderr)
+            raise SystemExit(UserError.exit_code) from None
+        if not multirun:
+            raise
+        message = str(e).splitlines()[0] if str(e) else type(e).__name__
+        log.error("job %s failed: %s", hc.job.get("num", "?"), message)
+        write_json(out_dir / "results.json", {
+            "status": "failed", "error": f"{type(e).__name__}: {message}", "overrides": overrides,
+            "traceback": traceback.format_exc(), "metrics": {}, "baselines": {}, "objective": None,
+            "method": cfg.choices.get("method"), "dataset": cfg.choices.get("dataset"),
+            "model": cfg.choices.get("model"), "config": OmegaConf.to_container(cfg, resolve=False),
+        })
+        if not isinstance(e, UserError) and os.environ.get("UNLEARNING_TRACEBACK"):
+            traceback.print_exc()
+        return None
+    print(table(record))
+    print(f"results: {out_dir / 'results.json'}")
+    return record["objective"]
+
+
+def main() -> int:
+    from unlearning.cli_checks import check_overrides
+    from unlearning.errors import UserError
+
+    args = sys.argv[1:]
+    try:
+        check_overrides(args, CONF_DIR)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    import hydra
+
+    app = hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")(_job)
+    try:
+        app()
+    except UserError as e:
+        if os.environ.get("UNLEARNING_TRACEBACK"):
+            traceback.print_exc()
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except SystemExit as e:  # Hydra exits on its own errors (already reported) and after --help
+        return int(e.code or 0)
+    if "-m" in args or "--multirun" in args:
+        from unlearning.sweep_status import failed_jobs_from_argv
+
+        return failed_jobs_from_argv()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,145 @@
+"""`dataset=synthetic_pii`: fictitious people, chat dialogues full of their PII, replacements and probes.
+
+`load_synthetic_pii(**cfg)` generates (or reads from the cache, keyed by the options'
+hash, written atomically) and returns `UnlearningData`:
+forget = PII-bearing assistant turns of the training dialogues (meta: chosen = PII-free
+replacement, rejected = original, person, pii); retain = None; target_train = every
+training assistant turn (PII-bearing and PII-free); extra = people, probes, held-out and
+PII-free held-out dialogues for `unlearning.eval.pii`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+
+from unlearning.data.base import Example, UnlearningData
+
+from .generator import generate
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1  # bump when generated content changes, so old caches are not reused
+
+
+def turn_examples(dialogues: list[dict], only_pii: bool = False) -> list[Example]:
+    """One chat Example per assistant turn; messages = the dialogue before that answer."""
+    out = []
+    for d in dialogues:
+        messages: list[dict] = []
+        for i, turn in enumerate(d["turns"]):
+            messages = messages + [{"role": "user", "content": turn["user"]}]
+            if turn["pii"] or not only_pii:
+                meta = {"person": d["person"], "template": d["template"],
+                        "pii": [{"type": s["type"], "value": s["value"]} for s in turn["pii"]]}
+                if turn["pii"]:
+                    meta.update(chosen=turn["safe"], rejected=turn["assistant"],
+                                chosen_source=turn.get("safe_source", "template"))
+                out.append(Example(answer=turn["assistant"], messages=list(messages), id=f"{d['id']}/{i}", meta=meta))
+            messages = messages + [{"role": "assistant", "content": turn["assistant"]}]
+    return out
+
+
+def texts(data: dict) -> list[str]:
+    out = []
+    for split in ("train", "heldout", "pii_free_train", "pii_free_heldout"):
+        for d in data[split]:
+            for t in d["turns"]:
+                out += [t["user"], t["assistant"]] + ([t["safe"]] if t.get("safe") else [])
+    out += [p["prefix"] for p in data["probes"] if p["prefix"]] + [p["messages"][-1]["content"] for p in data["probes"]]
+    return out
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _plain(obj):
+    """OmegaConf containers -> plain Python (for hashing and instantiation)."""
+    try:
+        from omegaconf import OmegaConf
+
+        if OmegaConf.is_config(obj):
+            return OmegaConf.to_container(obj, resolve=True)
+    except ImportError:
+        pass
+    return obj
+
+
+def build(options: dict, replacement: dict) -> dict:
+    data = generate(**options)
+    if replacement.get("model"):
+        from unlearning.eval.pii_detector import PiiDetector
+
+        from .replacement import model_replacements
+
+        turns = [(d, i) for d in data["train"] for i, t in enumerate(d["turns"]) if t["pii"]]
+        examples = [{"messages": _messages_before(d, i)} for d, i in turns]
+        answers = model_replacements(examples, replacement["model"], PiiDetector(data["people"]), texts(data),
+                                     system_prompt=replacement.get("system_prompt"),
+                                     max_new_tokens=replacement.get("max_new_tokens", 96),
+                                     batch_size=replacement.get("batch_size", 8), bf16=replacement.get("bf16", False))
+        for (d, i), answer in zip(turns, answers):
+            if answer is not None:
+                d["turns"][i]["safe"], d["turns"][i]["safe_source"] = answer, "model"
+    return data
+
+
+def _messages_before(d: dict, i: int) -> list[dict]:
+    msgs = []
+    for t in d["turns"][:i]:
+        msgs += [{"role": "user", "content": t["user"]}, {"role": "assistant", "content": t["assistant"]}]
+    return msgs + [{"role": "user", "content": d["turns"][i]["user"]}]
+
+
+def load_synthetic_pii(name: str = "synthetic_pii", people: int = 20, seed: int = 0, locale: str = "en_US",
+                       dialogues_per_person: int = 3, heldout_per_person: int = 2, lookups: bool = True,
+                       pii_free_train: int = 40, pii_free_heldout: int = 20, pii_types=None,
+                       probe_templates=None, unseen_direct_per_type: int = 1, replacement=None,
+                       cache_dir: str | None = None, data_dir=None, path=None) -> UnlearningData:
+    """`data_dir`/`path` are accepted for the shared dataset interface; nothing is read from disk."""
+    from .people import PII_TYPES
+
+    options = dict(people=people, seed=seed, locale=locale, dialogues_per_person=dialogues_per_person,
+                   heldout_per_person=heldout_per_person, lookups=lookups, pii_free_train=pii_free_train,
+                   pii_free_heldout=pii_free_heldout, pii_types=list(_plain(pii_types) or PII_TYPES),
+                   probe_templates=_plain(probe_templates), unseen_direct_per_type=unseen_direct_per_type)
+    replacement = dict(_plain(replacement) or {})
+    key = hashlib.sha256(json.dumps([FORMAT, options, replacement], sort_keys=True).encode()).hexdigest()[:16]
+    data = None
+    if cache_dir:
+        from unlearning.models import cache_root
+
+        path_ = cache_root(cache_dir) / "data" / "synthetic_pii" / f"{key}.json"
+        if path_.exists():
+            data = json.loads(path_.read_text(encoding="utf-8"))
+            log.info("synthetic_pii: reusing %s", path_)
+    if data is None:
+        data = build(options, replacement)
+        if cache_dir:
+            _write_atomic(path_, json.dumps(data, sort_keys=True, ensure_ascii=False))
+    return to_unlearning_data(data, name)
+
+
+def to_unlearning_data(data: dict, name: str = "synthetic_pii") -> UnlearningData:
+    train_turns = turn_examples(data["train"]) + turn_examples(data["pii_free_train"])
+    return UnlearningData(
+        name=name,
+        forget=turn_examples(data["train"], only_pii=True),
+        retain=None,  # this benchmark unlearns without a retain set (ORPO+CFG setting)
+        target_train=train_turns,
+        reference_train=None,
+        corpus=texts(data),
+        extra={"people": data["people"], "pii_types": data["pii_types"], "probes": data["probes"],
+               "heldout": turn_examples(data["heldout"]), "pii_free_heldout": turn_examples(data["pii_free_heldout"]),
+               "raw": data},
+    )
+
+
+__all__ = ["load_synthetic_pii", "turn_examples", "to_unlearning_data", "generate"]

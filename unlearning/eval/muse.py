@@ -1,0 +1,144 @@
+"""MUSE evaluator (Shi et al. 2024): VerbMem, KnowMem forget/retain, the MIA family and PrivLeak,
+plus exact memorisation and extraction strength on the VerbMem probes.
+
+Definitions as in MUSE and OpenUnlearning (configs/eval/muse*):
+- VerbMem: ROUGE-L F1 of the greedy continuation (128 new tokens) of each `verbmem/forget` prompt vs `gt`.
+- KnowMem: ROUGE-L F1 of greedy answers (32 new tokens, cut at a blank line or "Question") to
+  `knowmem/{forget,retain}_qa`, with the matching `*_icl` pairs as "Question: ...\\nAnswer: ...\\n\\n" context.
+- MIA (LOSS, zlib, Min-K%, Min-K%++; `unlearning/eval/mia.py`) on `privleak/forget` (members) vs
+  `privleak/holdout`, each a ROC AUC with forget as the positive class; PrivLeak from the Min-K% AUC
+  relative to the retain reference's (`reference`) or `privleak_reference_auc`; null when neither.
+Prompts are raw text (no chat template), as MUSE. Every model call goes through the shared engine.
+Written by hand: only the prompt assembly and the bookkeeping of per-item rows.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from unlearning.data.base import IGNORE
+from unlearning.errors import UserError
+from unlearning.eval import engine, metrics, mia
+from unlearning.eval.memorization import exact_memorization, extraction_strength
+
+KNOWMEM_STOPS = ["\n\n", "Question"]
+
+
+def icl_prompt(icl: list[dict], question: str) -> str:
+    """MUSE's few-shot KnowMem prompt. No space after the last "Answer:": with byte-level BPE a trailing
+    space would force the model to start its answer with a space-less token."""
+    shots = "".join(f"Question: {q['question']}\nAnswer: {q['answer']}\n\n" for q in icl)
+    return shots + f"Question: {question}\nAnswer:"
+
+
+def _ids(tok, text: str) -> list[int]:
+    return tok(text, add_special_tokens=False)["input_ids"]
+
+
+def _mean(values) -> float | None:
+    vals = [v for v in values if v is not None]
+    return float(np.mean(vals)) if vals else None
+
+
+class MuseEvaluator:
+    name = "muse"
+    uses_reference = True
+
+    def __init__(self, max_length: int = 1024, verbmem_max_new_tokens: int = 128, knowmem_max_new_tokens: int = 32,
+                 icl_shots: int | None = None, verbmem_prompt_tokens: int | None = None, mia_k: float = 0.4,
+                 max_items: int | None = None, privleak_reference_auc: float | None = None,
+                 batch_size: int | None = None, **_):
+        if not 0 < mia_k <= 1:
+            raise UserError(f"evaluator.mia_k={mia_k} must be in (0, 1] (MUSE uses 0.4)")
+        if privleak_reference_auc is not None and not 0 <= privleak_reference_auc < 1:
+            raise UserError(f"evaluator.privleak_reference_auc={privleak_reference_auc} must be in [0, 1)")
+        self.max_length, self.mia_k, self.max_items = max_length, mia_k, max_items
+        self.verbmem_new, self.knowmem_new = verbmem_max_new_tokens, knowmem_max_new_tokens
+        self.icl_shots, self.verbmem_prompt_tokens = icl_shots, verbmem_prompt_tokens
+        self.privleak_reference_auc, self.batch_size = privleak_reference_auc, batch_size
+
+    def _take(self, rows):
+        return list(rows)[: self.max_items] if self.max_items else list(rows)
+
+    def evaluate(self, model, tokenizer, data, ctx=None, reference: dict | None = None) -> dict:
+        gen = getattr(ctx, "generation", None) or {}
+        self.bs = int(self.batch_size or gen.get("batch_size", 16))
+        self.bf16 = bool(gen.get("bf16", False))
+        agg: dict = {}
+        per_item: dict = {}
+        self._verbmem(model, tokenizer, data.extra, agg, per_item)
+        for split in ("forget", "retain"):
+            self._knowmem(model, tokenizer, data.extra, split, agg, per_item)
+        self._mia(model, tokenizer, data.extra, agg, per_item)
+        ref_auc = (reference or {}).get("aggregates", {}).get("mia_min_k")
+        if ref_auc is None:
+            ref_auc = self.privleak_reference_auc
+        agg["privleak_reference_auc"] = ref_auc
+        agg["privleak"] = mia.privleak(agg.get("mia_min_k"), ref_auc)
+        return {"aggregates": agg, "per_item": per_item}
+
+    def _verbmem(self, model, tok, extra, agg, per_item):
+        rows = self._take(extra.get("verbmem", []))
+        if not rows:
+            return
+        room = self.max_length - self.verbmem_new
+        if room < 1:
+            raise UserError(f"evaluator.max_length={self.max_length} leaves no room for a VerbMem prompt before "
+                            f"{self.verbmem_new} new tokens; raise evaluator.max_length")
+        keep = min(room, self.verbmem_prompt_tokens or room)
+        prompts = [_ids(tok, r["prompt"])[-keep:] for r in rows]  # the prompt's end is what leads into gt
+        outs = engine.greedy(model, tok, prompts, self.verbmem_new, self.bs, None, self.bf16, desc="muse verbmem")
+        rouge = metrics.rouge_l(outs, [r["gt"] for r in rows])
+        # Teacher-forced memorisation of gt after its prompt (OpenUnlearning scores MUSE EM/ES on verbmem).
+        items = []
+        for p, r in zip(prompts, rows):
+            gt = _ids(tok, r["gt"])[: self.max_length - 1]
+            p = p[-(self.max_length - len(gt)):]
+            items.append({"input_ids": p + gt, "labels": [IGNORE] * len(p) + gt})
+        scores = engine.score(model, items, tok.pad_token_id, self.bs, bf16=self.bf16, desc="muse verbmem em")
+        out = []
+        for r, o, rg, s in zip(rows, outs, rouge, scores):
+            out.append({"id": r["id"], "generation": o, "gt": r["gt"], "rougeL_f1": rg["rougeL_f1"],
+                        "exact_memorization": exact_memorization(s.hit), "extraction_strength": extraction_strength(s.hit)})
+        per_item["verbmem_forget"] = out
+        agg["forget_verbmem_ROUGE"] = _mean(r["rougeL_f1"] for r in out)
+        agg["exact_memorization"] = _mean(r["exact_memorization"] for r in out)
+        agg["extraction_strength"] = _mean(r["extraction_strength"] for r in out)
+
+    def _knowmem(self, model, tok, extra, split, agg, per_item):
+        rows = self._take(extra.get(f"knowmem_{split}", []))
+        if not rows:
+            return
+        icl = list(extra.get(f"knowmem_{split}_icl", []))[: self.icl_shots]
+        prompts = [_ids(tok, icl_prompt(icl, r["question"])) for r in rows]
+        longest = max(len(p) for p in prompts)
+        if longest + self.knowmem_new > self.max_length:
+            raise UserError(f"evaluator.max_length={self.max_length} is smaller than the KnowMem {split} ICL prompt "
+                            f"({longest} tokens + {self.knowmem_new} new); raise evaluator.max_length "
+                            "or lower evaluator.icl_shots")
+        outs = engine.greedy(model, tok, prompts, self.knowmem_new, self.bs, KNOWMEM_STOPS, self.bf16,
+                             desc=f"muse knowmem {split}")
+        rouge = metrics.rouge_l(outs, [r["answer"] for r in rows])
+        out = [{"id": r["id"], "question": r["question"], "answer": r["answer"], "generation": o,
+                "rougeL_f1": rg["rougeL_f1"]} for r, o, rg in zip(rows, outs, rouge)]
+        per_item[f"knowmem_{split}"] = out
+        agg[f"{split}_knowmem_ROUGE"] = _mean(r["rougeL_f1"] for r in out)
+
+    def _mia(self, model, tok, extra, agg, per_item):
+        sides = {s: self._take(extra.get(f"privleak_{s}", [])) for s in ("forget", "holdout")}
+        if not sides["forget"] or not sides["holdout"]:
+            return
+        for side, rows in sides.items():
+            items = []
+            for r in rows:
+                ids = _ids(tok, r["text"])[: self.max_length]
+                items.append({"input_ids": ids, "labels": [IGNORE] + ids[1:]})
+            ts = engine.score(model, items, tok.pad_token_id, self.bs, stats=True, bf16=self.bf16,
+                              desc=f"muse mia {side}")
+            # zlib uses the text actually scored (after truncation), as OpenUnlearning decodes input_ids.
+            per_item[f"privleak_{side}"] = [
+                {"id": r["id"], **mia.scores(s, tok.decode(it["input_ids"], skip_special_tokens=True), self.mia_k)}
+                for r, it, s in zip(rows, items, ts)]
+        for attack in ("loss", "zlib", "min_k", "min_k_plus_plus"):
+            agg[f"mia_{attack}"] = mia.auc([r[attack] for r in per_item["privleak_forget"]],
+                                           [r[attack] for r in per_item["privleak_holdout"]])

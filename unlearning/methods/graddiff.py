@@ -1,0 +1,57 @@
+"""Gradient difference: ascend on forget answers, descend on retain (NLL) or stay close to the reference (KL)."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+
+from unlearning.data.base import IGNORE
+from unlearning.errors import UserError
+from unlearning.methods.base import Method, nll, reject_unknown
+from unlearning.methods.reference import Reference
+
+
+def retain_kl(logits, ref_logits, labels):
+    """Mean over labelled retain tokens of KL(p_theta || p_ref) over the vocabulary (padding masked)."""
+    mask = labels[:, 1:] != IGNORE
+    lp = F.log_softmax(logits[:, :-1].float(), -1)[mask]
+    ref = F.log_softmax(ref_logits[:, :-1].float(), -1)[mask]
+    # kl_div(input=log q, target=log p, log_target) = sum p (log p - log q): p = model, q = ref.
+    return F.kl_div(ref, lp, reduction="sum", log_target=True) / mask.sum().clamp(min=1)
+
+
+class GradDiff(Method):
+    """L = gamma * (-NLL_forget) + alpha * L_retain (Liu et al. 2022; TOFU's GradDiff / KL baselines)."""
+
+    name = "graddiff"
+
+    def __init__(self, gamma: float = 1.0, alpha: float = 1.0, retain_loss: str = "nll", **unknown):
+        reject_unknown(self.name, unknown, ["gamma", "alpha", "retain_loss"])
+        if retain_loss not in ("nll", "kl"):
+            raise UserError(f"method.retain_loss={retain_loss!r} must be 'nll' or 'kl' (conf/method/graddiff.yaml)")
+        if alpha < 0 or gamma < 0:
+            raise UserError(f"method.alpha={alpha} / method.gamma={gamma} must be >= 0 (conf/method/graddiff.yaml)")
+        self.gamma, self.alpha, self.retain_loss = float(gamma), float(alpha), retain_loss
+        self.needs_retain = self.alpha > 0
+        self.reference = None
+
+    def prepare(self, model, tokenizer, forget, retain, ctx):
+        if self.needs_retain and self.retain_loss == "kl":
+            self.reference = Reference(model, ctx)
+        return forget
+
+    def loss(self, model, batch):
+        forget_nll = nll(model, batch["forget"])
+        loss = -self.gamma * forget_nll
+        logs = {"forget_nll": forget_nll.item()}
+        if self.needs_retain:
+            r = batch["retain"]
+            if self.retain_loss == "nll":
+                term = nll(model, r)
+            else:
+                logits = model(input_ids=r["input_ids"], attention_mask=r["attention_mask"]).logits
+                with self.reference(model) as ref:
+                    ref_logits = ref(input_ids=r["input_ids"], attention_mask=r["attention_mask"]).logits
+                term = retain_kl(logits, ref_logits, r["labels"])
+            loss = loss + self.alpha * term
+            logs["retain_" + self.retain_loss] = term.item()
+        return loss, logs

@@ -1,0 +1,95 @@
+"""IdkDPO: DPO that prefers a refusal ("I don't know") over the forget answer, + retain NLL.
+
+Chosen = a refusal drawn (seeded) per forget example, rejected = the forget answer.
+The reference log-probs of both are computed once in `prepare` (one model in memory).
+TRL's DPO loss lives inside `DPOTrainer._compute_loss` (it needs a Trainer instance and
+its own batch layout), so it cannot be called from the shared loop; the formula is the
+one line in `dpo_loss` (TRL's loss_type="sigmoid" with the 2/beta scale of the NPO paper).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import torch.nn.functional as F
+
+from unlearning.data.base import encode
+from unlearning.errors import UserError
+from unlearning.methods.base import Method, nll, reject_unknown, require_positive, sequence_logp
+from unlearning.methods.reference import attach_ref_logps, train_bf16
+
+
+def dpo_loss(chosen, ref_chosen, rejected, ref_rejected, beta: float):
+    # DPO (Rafailov et al. 2023), scaled 2/beta as in NPO's IdkDPO baseline:
+    # -(2/beta) * mean log sigmoid(beta * ((lp - lp_ref)(chosen) - (lp - lp_ref)(rejected))).
+    return -(2.0 / beta) * F.logsigmoid(beta * ((chosen - ref_chosen) - (rejected - ref_rejected))).mean()
+
+
+def load_refusals(path: str | Path) -> list[str]:
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"refusal file not found: {p} (method.refusal_file; set UNLEARNING_DATA_DIR or "
+                        "give method.refusal_file=<one refusal a line> or method.refusals=[...])")
+    lines = [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    if not lines:
+        raise UserError(f"refusal file {p} is empty (method.refusal_file): put one refusal sentence a line")
+    return lines
+
+
+class IdkDPO(Method):
+    name = "idk_dpo"
+
+    def __init__(self, beta: float = 0.1, gamma: float = 1.0, alpha: float = 1.0, refusals: list | None = None,
+                 refusal_file: str | None = None, seed: int = 0, ref_batch_size: int = 8, **unknown):
+        reject_unknown(self.name, unknown, ["beta", "gamma", "alpha", "refusals", "refusal_file", "seed",
+                                            "ref_batch_size"])
+        require_positive(self.name, "beta", beta)
+        if alpha < 0 or gamma < 0:
+            raise UserError(f"method.alpha={alpha} / method.gamma={gamma} must be >= 0 (conf/method/idk_dpo.yaml)")
+        if refusals is not None and not [r for r in refusals if str(r).strip()]:
+            raise UserError("method.refusals is an empty list: give refusal sentences or set it to null")
+        self.beta, self.gamma, self.alpha = float(beta), float(gamma), float(alpha)
+        self.refusals = [str(r) for r in refusals] if refusals is not None else None
+        self.refusal_file, self.seed, self.ref_batch_size = refusal_file, int(seed), int(ref_batch_size)
+        self.needs_retain = self.alpha > 0
+
+    def _refusals(self, ctx) -> list[str]:
+        if self.refusals is not None:
+            return self.refusals
+        path = self.refusal_file
+        if not path:
+            data_dir = getattr(ctx, "data_dir", None) or os.environ.get("UNLEARNING_DATA_DIR")
+            if not data_dir:
+                raise UserError("method=idk_dpo needs refusals: set UNLEARNING_DATA_DIR (uses tofu/idontknow.jsonl), "
+                                "method.refusal_file=<path> or method.refusals=[...]")
+            path = Path(data_dir) / "tofu" / "idontknow.jsonl"
+        return load_refusals(path)
+
+    def prepare(self, model, tokenizer, forget, retain, ctx):
+        refusals = self._refusals(ctx)
+        rng = random.Random(self.seed)
+        max_len = getattr(ctx, "max_length", None) or 512
+        for item in forget:
+            if "example" not in item:
+                raise UserError("idk_dpo: forget items carry no 'example' (the run attaches it); "
+                                "encode items with the Example they came from")
+            chosen = encode(tokenizer, item["example"], max_len, answer=rng.choice(refusals))
+            item["chosen_input_ids"], item["chosen_labels"] = chosen["input_ids"], chosen["labels"]
+        bf16 = train_bf16(ctx)
+        attach_ref_logps(model, forget, tokenizer.pad_token_id, "", self.ref_batch_size, bf16)
+        return attach_ref_logps(model, forget, tokenizer.pad_token_id, "chosen_", self.ref_batch_size, bf16)
+
+    def loss(self, model, batch):
+        f = batch["forget"]
+        rejected, _ = sequence_logp(model, f)
+        chosen, _ = sequence_logp(model, f, "chosen_")
+        forget = dpo_loss(chosen, f["chosen_ref_logp"], rejected, f["ref_logp"], self.beta)
+        loss = self.gamma * forget
+        logs = {"forget_dpo": forget.item(), "rejected_logratio": (rejected - f["ref_logp"]).mean().item()}
+        if self.needs_retain:
+            retain = nll(model, batch["retain"])
+            loss = loss + self.alpha * retain
+            logs["retain_nll"] = retain.item()
+        return loss, logs

@@ -1,0 +1,44 @@
+"""Negative Preference Optimization (NPO) with the reference log-probs cached before training."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+
+from unlearning.errors import UserError
+from unlearning.methods.base import Method, nll, reject_unknown, require_positive, sequence_logp
+from unlearning.methods.reference import attach_ref_logps, train_bf16
+
+
+def npo_loss(logp, ref_logp, beta: float):
+    # NPO (Zhang et al. 2024, eq. 3): -(2/beta) * mean log sigmoid(-beta * (log p_theta - log p_ref)).
+    return -(2.0 / beta) * F.logsigmoid(-beta * (logp - ref_logp)).mean()
+
+
+class NPO(Method):
+    name = "npo"
+
+    def __init__(self, beta: float = 0.1, gamma: float = 1.0, alpha: float = 1.0, ref_batch_size: int = 8,
+                 **unknown):
+        reject_unknown(self.name, unknown, ["beta", "gamma", "alpha", "ref_batch_size"])
+        require_positive(self.name, "beta", beta)
+        if alpha < 0 or gamma < 0:
+            raise UserError(f"method.alpha={alpha} / method.gamma={gamma} must be >= 0 (conf/method/npo.yaml)")
+        self.beta, self.gamma, self.alpha = float(beta), float(gamma), float(alpha)
+        self.ref_batch_size = int(ref_batch_size)
+        self.needs_retain = self.alpha > 0
+
+    def prepare(self, model, tokenizer, forget, retain, ctx):
+        return attach_ref_logps(model, forget, tokenizer.pad_token_id, batch_size=self.ref_batch_size,
+                                bf16=train_bf16(ctx))
+
+    def loss(self, model, batch):
+        f = batch["forget"]
+        logp, _ = sequence_logp(model, f)
+        forget = npo_loss(logp, f["ref_logp"], self.beta)
+        loss = self.gamma * forget
+        logs = {"forget_npo": forget.item(), "forget_logratio": (logp - f["ref_logp"]).mean().item()}
+        if self.needs_retain:
+            retain = nll(model, batch["retain"])
+            loss = loss + self.alpha * retain
+            logs["retain_nll"] = retain.item()
+        return loss, logs

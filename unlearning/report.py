@@ -1,0 +1,293 @@
+"""`unlearning-report SWEEP_DIR`: the ablation report of a sweep.
+
+Reads every job folder's results.json (failed and missing jobs are listed, not dropped) and
+writes into the sweep folder: report.csv, report.md and plots/ (PNG): the forget-side metric
+against utility per job, coloured by method, with the Pareto front; and, for each swept
+hyperparameter, every metric against it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+import sys
+from pathlib import Path
+
+from unlearning.errors import UserError
+from unlearning.sweep import atomic_write, collect, metric_names, to_csv
+
+# (metric, higher is better). The first present one is the default axis.
+FORGET_DEFAULTS = [("forget_quality", True)]
+UTILITY_DEFAULTS = [("model_utility", True), ("utility", True)]
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, str]:
+    out = {}
+    for o in overrides:
+        k, sep, v = o.lstrip("+~").partition("=")
+        if sep:
+            out[k] = v
+    return out
+
+
+def swept_params(rows: list[dict]) -> list[str]:
+    """Override keys whose value differs between jobs (a key missing in some jobs also counts)."""
+    values: dict[str, set] = {}
+    for r in rows:
+        for k, v in parse_overrides(r["overrides"]).items():
+            values.setdefault(k, set()).add(v)
+    keys = [k for k, vs in values.items()
+            if len(vs) > 1 or any(k not in parse_overrides(r["overrides"]) for r in rows)]
+    return sorted(keys)
+
+
+def _axis(spec: str | None, names: list[str], defaults, fallback_word: str, role: str) -> tuple[str, bool] | None:
+    """A metric and its direction from 'name[:max|min]', else the first default present."""
+    if spec:
+        name, _, d = spec.partition(":")
+        if d not in ("", "max", "min"):
+            raise UserError(f"--{role} {spec!r}: the direction after ':' must be max or min (e.g. --{role} {name}:max)")
+        if names and name not in names:
+            raise UserError(f"--{role} {name!r} is not a metric of this sweep; metrics: {', '.join(names)}")
+        return name, d != "min"
+    for name, higher in defaults:
+        if name in names:
+            return name, higher
+    for name in names:
+        if fallback_word in name.lower():
+            return name, True
+    return None
+
+
+def pareto(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the non-dominated points, both coordinates to be maximised."""
+    front = []
+    for i, (x, y) in enumerate(points):
+        if not any((a >= x and b >= y) and (a > x or b > y) for j, (a, b) in enumerate(points) if j != i):
+            front.append(i)
+    return sorted(front, key=lambda i: points[i][0])
+
+
+def _num(v) -> float | None:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def _colours(methods: list[str]) -> dict[str, tuple]:
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab10"]
+    return {m: cmap(i % 10) for i, m in enumerate(sorted(set(methods)))}
+
+
+def _save(fig, path: Path) -> None:
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    atomic_write(path, buf.getvalue())
+
+
+def plot_tradeoff(rows, forget: tuple[str, bool], utility: tuple[str, bool], baselines: dict, path: Path) -> list[str]:
+    """forget metric (x) vs utility (y) per ok job; returns the jobs on the Pareto front."""
+    import matplotlib.pyplot as plt
+
+    fname, fhigh = forget
+    uname, uhigh = utility
+    pts = [(r, _num(r["metrics"].get(fname)), _num(r["metrics"].get(uname))) for r in rows]
+    pts = [(r, x, y) for r, x, y in pts if x is not None and y is not None]
+    colours = _colours([str(r["method"]) for r, _, _ in pts])
+    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    for m, c in colours.items():
+        sel = [(x, y, r["job"]) for r, x, y in pts if str(r["method"]) == m]
+        ax.scatter([s[0] for s in sel], [s[1] for s in sel], color=c, label=m, s=40, zorder=3)
+        for x, y, job in sel:
+            ax.annotate(job, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
+    front = pareto([(x if fhigh else -x, y if uhigh else -y) for _, x, y in pts])
+    if front:
+        ax.plot([pts[i][1] for i in front], [pts[i][2] for i in front], "--", color="grey", lw=1,
+                label="Pareto front", zorder=2)
+    for name, marker in (("target", "X"), ("reference", "*")):
+        b = baselines.get(name) or {}
+        x, y = _num(b.get(fname)), _num(b.get(uname))
+        if x is not None and y is not None:
+            ax.scatter([x], [y], marker=marker, s=120, color="black", label=f"{name} (before unlearning)" if name == "target" else "retain reference", zorder=4)
+    ax.set_xlabel(f"{fname} ({'higher' if fhigh else 'lower'} is better)")
+    ax.set_ylabel(f"{uname} ({'higher' if uhigh else 'lower'} is better)")
+    ax.set_title("Forgetting vs utility per job")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    _save(fig, path)
+    plt.close(fig)
+    return [pts[i][0]["job"] for i in front]
+
+
+def plot_param(rows, param: str, metrics: list[str], path: Path, others: list[str] = ()) -> None:
+    """Every metric against one swept hyperparameter (log x when it spans a decade or more)."""
+    import matplotlib.pyplot as plt
+
+    ok = [r for r in rows if r["status"] == "ok"]
+    raw = [parse_overrides(r["overrides"]).get(param, "(default)") for r in ok]
+    nums = [_num(v) for v in raw]
+    numeric = all(v is not None for v in nums)
+    cats = sorted(set(raw)) if not numeric else []
+    xs = nums if numeric else [cats.index(v) for v in raw]
+    # Lines join only jobs that differ in this parameter alone (same method and other swept values).
+    series = [(str(r["method"]), tuple(parse_overrides(r["overrides"]).get(o) for o in others)) for r in ok]
+    colours = _colours([str(r["method"]) for r in ok])
+    ncols = min(3, len(metrics))
+    nrows = math.ceil(len(metrics) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.2 * nrows), squeeze=False)
+    for ax, m in zip(axes.flat, metrics):
+        for meth, c in colours.items():
+            sel = [(x, _num(r["metrics"].get(m))) for x, r in zip(xs, ok) if str(r["method"]) == meth]
+            sel = [(x, y) for x, y in sel if y is not None]
+            ax.scatter([s[0] for s in sel], [s[1] for s in sel], color=c, label=meth, s=25)
+        for key in set(series) if numeric else ():
+            line = sorted((x, _num(r["metrics"].get(m))) for x, r, k in zip(xs, ok, series) if k == key)
+            line = [(x, y) for x, y in line if y is not None]
+            if len(line) > 1:
+                ax.plot([p[0] for p in line], [p[1] for p in line], color=colours[key[0]], lw=0.8, alpha=0.6)
+        if numeric and min(xs) > 0 and max(xs) / min(xs) >= 10:
+            ax.set_xscale("log")
+        if not numeric:
+            ax.set_xticks(range(len(cats)), cats, rotation=30, fontsize=7)
+        ax.set_title(m, fontsize=9)
+        ax.set_xlabel(param, fontsize=8)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(metrics):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+
+
+def _fmt(v) -> str:
+    f = _num(v)
+    if f is None:
+        return "" if v is None else str(v).replace("|", "\\|")
+    return f"{f:.4g}"
+
+
+def markdown(sweep_dir: Path, rows, params, metrics, axes, front, plots, baselines) -> str:
+    n = {s: sum(r["status"] == s for r in rows) for s in ("ok", "failed", "missing")}
+    lines = [f"# Sweep report: `{sweep_dir}`", "",
+             f"{len(rows)} jobs: {n['ok']} ok, {n['failed']} failed, {n['missing']} missing (no results.json).", ""]
+    if params:
+        lines += [f"Swept: {', '.join(f'`{p}`' for p in params)}.", ""]
+    if axes:
+        (fm, fh), (um, uh) = axes
+        lines += [f"Trade-off axes: `{fm}` ({'max' if fh else 'min'}) vs `{um}` ({'max' if uh else 'min'}); "
+                  f"Pareto front: jobs {', '.join(front) if front else '(none)'}.", ""]
+    params = [p for p in params if p != "method"]  # already a column
+    cols = ["job", "method"] + params + metrics
+    lines += ["## Jobs", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        if r["status"] != "ok":
+            continue
+        ov = parse_overrides(r["overrides"])
+        cells = [r["job"] + (" *" if r["job"] in front else ""), str(r["method"])]
+        cells += [ov.get(p, "(default)") for p in params] + [_fmt(r["metrics"].get(m)) for m in metrics]
+        lines.append("| " + " | ".join(cells) + " |")
+    if front:
+        lines += ["", "`*` = on the Pareto front."]
+    if baselines:
+        lines += ["", "## Baselines (before unlearning)", "", "| model | " + " | ".join(metrics) + " |",
+                  "|" + "---|" * (len(metrics) + 1)]
+        for name, b in baselines.items():
+            lines.append(f"| {name} | " + " | ".join(_fmt(b.get(m)) for m in metrics) + " |")
+    bad = [r for r in rows if r["status"] != "ok"]
+    lines += ["", "## Failed or missing jobs", ""]
+    if bad:
+        lines += ["| job | status | overrides | error |", "|---|---|---|---|"]
+        for r in bad:
+            lines.append(f"| {r['job']} | {r['status']} | `{' '.join(r['overrides'])}` | {_fmt(r['error'] or '')} |")
+    else:
+        lines.append("None.")
+    if plots:
+        lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.relative_to(sweep_dir).as_posix()})" for p in plots]
+    return "\n".join(lines) + "\n"
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^\w.-]+", "_", name).strip("_") or "param"
+
+
+def report(sweep_dir: str | Path, forget: str | None = None, utility: str | None = None) -> dict:
+    """Write report.csv, report.md and plots/*.png into the sweep folder; returns what was written."""
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        raise UserError(f"sweep folder {sweep_dir} does not exist; give the folder of a multirun (hydra.sweep.dir, e.g. outputs/sweeps/<time>)")
+    rows = collect(sweep_dir)
+    if not rows:
+        raise UserError(f"{sweep_dir} holds no job folders (no */results.json or */.hydra/); is it a sweep folder?")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    ok = [r for r in rows if r["status"] == "ok"]
+    metrics = metric_names(ok)
+    params = swept_params(rows)
+    f_axis = _axis(forget, metrics, FORGET_DEFAULTS, "forget", "forget")
+    u_axis = _axis(utility, metrics, UTILITY_DEFAULTS, "retain", "utility")
+    if f_axis and u_axis:  # the trade-off axes lead the tables
+        metrics = [f_axis[0], u_axis[0]] + [m for m in metrics if m not in (f_axis[0], u_axis[0])]
+    baselines = _baselines(sweep_dir, ok)
+    plots_dir = sweep_dir / "plots"
+    plots, front = [], []
+    if ok and metrics:
+        plots_dir.mkdir(exist_ok=True)
+        if f_axis and u_axis:
+            plots.append(plots_dir / "tradeoff.png")
+            front = plot_tradeoff(ok, f_axis, u_axis, baselines, plots[-1])
+        for p in params:
+            plots.append(plots_dir / f"param_{_safe(p)}.png")
+            plot_param(rows, p, metrics, plots[-1], [o for o in params if o not in (p, "method")])
+    rows_csv = [{**r, **{f"param:{p}": parse_overrides(r["overrides"]).get(p) for p in params},
+                 "pareto": r["job"] in front} for r in rows]
+    atomic_write(sweep_dir / "report.csv", to_csv(rows_csv, extra=[f"param:{p}" for p in params] + ["pareto"]))
+    axes = (f_axis, u_axis) if f_axis and u_axis else None
+    atomic_write(sweep_dir / "report.md", markdown(sweep_dir, rows, params, metrics, axes, front, plots, baselines))
+    return {"rows": rows, "params": params, "pareto": front, "plots": plots, "axes": axes,
+            "csv": sweep_dir / "report.csv", "md": sweep_dir / "report.md"}
+
+
+def _baselines(sweep_dir: Path, ok: list[dict]) -> dict:
+    """Target and reference metrics from the first ok job (all jobs of a sweep share them)."""
+    import json
+
+    for r in ok:
+        try:
+            b = json.loads((sweep_dir / r["job"] / "results.json").read_text(encoding="utf-8")).get("baselines") or {}
+        except (OSError, ValueError):
+            continue
+        if b:
+            return {k: v for k, v in b.items() if isinstance(v, dict)}
+    return {}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="unlearning-report", description=__doc__.splitlines()[0])
+    ap.add_argument("sweep_dir", help="the sweep folder (hydra.sweep.dir), e.g. outputs/sweeps/<time>")
+    ap.add_argument("--forget", help="forget-side metric for the trade-off plot, NAME[:max|min] (default forget_quality:max)")
+    ap.add_argument("--utility", help="utility metric, NAME[:max|min] (default model_utility:max)")
+    args = ap.parse_args(argv)
+    try:
+        out = report(args.sweep_dir, args.forget, args.utility)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    rows = out["rows"]
+    bad = [r for r in rows if r["status"] != "ok"]
+    print(f"{len(rows)} jobs ({len(bad)} failed or missing) -> {out['md']}, {out['csv']}, {len(out['plots'])} plots")
+    for r in bad:
+        print(f"  job {r['job']}: {r['status']}: {r['error'] or ''}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""Result files: atomic JSON writes and the run's record (versions, timings)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from importlib import metadata
+from pathlib import Path
+
+
+def _clean(obj):
+    """JSON-safe: NaN/inf -> None, numpy scalars -> Python numbers."""
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if hasattr(obj, "item") and not isinstance(obj, (str, bytes)):
+        try:
+            obj = obj.item()
+        except (ValueError, AttributeError):
+            return str(obj)
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def write_json(path: str | Path, obj, indent: int = 2) -> Path:
+    """Write JSON atomically: a reader sees the old file or the whole new one, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(_clean(obj), f, indent=indent)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def versions() -> dict:
+    out = {}
+    for pkg in ("unlearning-lab", "torch", "transformers", "trl", "peft", "datasets", "hydra-core", "wandb"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = None
+    return out

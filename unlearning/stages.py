@@ -1,0 +1,70 @@
+"""Starting models built as cached stages: the fine-tuned target and the retain reference.
+
+`cache_dir/stages/<kind>/<hash>/` holds an HF-format model and `stage.json` with exactly
+what determined it (base model, data, fine-tune settings, seed). The build runs under a
+file lock, so parallel jobs of a sweep build a stage once and the others wait and reuse it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+from filelock import FileLock
+
+from unlearning.data.base import Example, encode
+from unlearning.methods.base import FineTune
+from unlearning.models import cache_root
+from unlearning.results import write_json
+from unlearning.train import TrainSettings, train
+
+log = logging.getLogger(__name__)
+
+
+def stage_key(kind: str, model_fingerprint: dict, corpus: list[str], examples: list[Example],
+              settings: TrainSettings, max_length: int) -> dict:
+    """Everything that determines a stage's weights; its hash names the cache folder."""
+    h = hashlib.sha256()
+    for ex in examples:
+        h.update(json.dumps([ex.messages, ex.answer], sort_keys=True).encode())
+    corpus_hash = hashlib.sha256("\n".join(corpus).encode()).hexdigest()[:16]
+    return {"kind": kind, "model": model_fingerprint, "corpus": corpus_hash, "data": h.hexdigest()[:16],
+            "n_examples": len(examples), "finetune": dataclasses.asdict(settings), "max_length": max_length}
+
+
+def key_hash(key: dict) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def ensure_stage(kind: str, spec, corpus: list[str], examples: list[Example], settings: TrainSettings,
+                 max_length: int, cache_dir: str | None = None, device: str = "cpu") -> tuple[Path, bool]:
+    """The folder of the stage, building it if needed; returns (path, built_now)."""
+    key = stage_key(kind, spec.fingerprint(), corpus, examples, settings, max_length)
+    folder = cache_root(cache_dir) / "stages" / kind / key_hash(key)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder) + ".lock"):
+        if (folder / "stage.json").exists():
+            log.info("stage %s: reusing cached %s", kind, folder)
+            return folder, False
+        t0 = time.perf_counter()
+        log.info("stage %s: fine-tuning on %d examples -> %s", kind, len(examples), folder)
+        model, tok = spec.load(corpus)
+        model.to(device)
+        items = [encode(tok, ex, max_length) for ex in examples]
+        model = train(model, FineTune(), items, None, settings, tok.pad_token_id, desc=f"finetune {kind}")
+        if settings.lora.enabled:
+            model = model.merge_and_unload()
+        tmp = folder.with_name(folder.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        write_json(tmp / "stage.json", {**key, "build_seconds": round(time.perf_counter() - t0, 2)})
+        os.replace(tmp, folder)
+        log.info("stage %s: built in %.1f s", kind, time.perf_counter() - t0)
+        return folder, True

@@ -1,0 +1,223 @@
+"""The sweep folder's summary (summary.csv + summary.json, one row per job) and its exit code.
+
+`SweepSummary` is a Hydra callback. `on_job_end` runs wherever the job ran (a joblib
+worker process, a Slurm node), so every update re-reads summary.json under a file lock,
+replaces this job's row and writes both files atomically; `on_multirun_end` (in the
+launching process) adds the job folders that never reported, as "missing".
+
+A job's row comes from its results.json (written by the entrypoint, also for a failed
+job); a job that raised past the entrypoint is recorded from Hydra's JobReturn.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from filelock import FileLock
+
+try:
+    from hydra.experimental.callback import Callback
+except ImportError:  # pragma: no cover
+    Callback = object
+
+SUMMARY_JSON, SUMMARY_CSV, LOCK = "summary.json", "summary.csv", ".summary.lock"
+FIXED = ["job", "status", "wall_s", "method", "dataset", "model", "objective", "overrides", "error"]
+
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def atomic_write(path: str | Path, data: str | bytes) -> None:
+    """Readers see the old file or the whole new one (tmp in the same folder, then os.replace)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; results are for everyone who may read the folder
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _job_key(job: str):
+    return (0, int(job), "") if job.isdigit() else (1, 0, job)
+
+
+def _read_overrides(job_dir: Path) -> list[str]:
+    p = job_dir / ".hydra" / "overrides.yaml"
+    if not p.is_file():
+        return []
+    from omegaconf import OmegaConf
+
+    return [str(o) for o in OmegaConf.load(p)]
+
+
+def job_row(job_dir: Path, sweep_dir: Path, job_return=None, wall_s: float | None = None) -> dict:
+    """One job's row: from its results.json, else from Hydra's JobReturn, else "missing"."""
+    job_dir = Path(job_dir)
+    row = {"job": job_dir.relative_to(sweep_dir).as_posix(), "status": "missing", "wall_s": wall_s,
+           "method": None, "dataset": None, "model": None, "objective": None,
+           "overrides": _read_overrides(job_dir), "error": None, "metrics": {}}
+    res_path = job_dir / "results.json"
+    if res_path.is_file():
+        try:
+            res = json.loads(res_path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as e:
+            row.update(status="failed", error=f"unreadable results.json: {e}")
+            return row
+        row.update(status=res.get("status", "failed"), error=res.get("error"),
+                   method=res.get("method"), dataset=res.get("dataset"), model=res.get("model"),
+                   objective=res.get("objective"), metrics=dict(res.get("metrics") or {}))
+        row["overrides"] = list(res.get("overrides") or row["overrides"])
+        if row["wall_s"] is None:
+            row["wall_s"] = (res.get("timings") or {}).get("total_s")
+        if not row["method"]:
+            row["method"] = ((res.get("config") or {}).get("choices") or {}).get("method")
+    elif job_return is not None:
+        from hydra.core.utils import JobStatus
+
+        if job_return.status == JobStatus.FAILED:
+            e = job_return._return_value
+            row.update(status="failed", error=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+        else:
+            row.update(status="missing", error="the job ended without writing results.json")
+        if not row["overrides"]:
+            row["overrides"] = list(job_return.overrides or [])
+    if not row["method"]:
+        row["method"] = _override(row["overrides"], "method")
+    return row
+
+
+def _override(overrides: list[str], key: str) -> str | None:
+    for o in overrides:
+        k, _, v = o.lstrip("+~").partition("=")
+        if k == key:
+            return v
+    return None
+
+
+def job_dirs(sweep_dir: Path) -> list[Path]:
+    """Every job folder: one that Hydra set up (.hydra/) or that holds a results.json."""
+    found = {p.parent for p in sweep_dir.rglob("results.json")}
+    found |= {p.parent.parent for p in sweep_dir.rglob(".hydra/overrides.yaml")}
+    return sorted((d for d in found if d != sweep_dir), key=lambda d: _job_key(d.relative_to(sweep_dir).as_posix()))
+
+
+def collect(sweep_dir: str | Path) -> list[dict]:
+    """All jobs' rows, read afresh from their folders; wall times from summary.json where recorded."""
+    sweep_dir = Path(sweep_dir)
+    walls = {r["job"]: r.get("wall_s") for r in load_summary(sweep_dir)}
+    return [job_row(d, sweep_dir, wall_s=walls.get(d.relative_to(sweep_dir).as_posix())) for d in job_dirs(sweep_dir)]
+
+
+def load_summary(sweep_dir: str | Path) -> list[dict]:
+    p = Path(sweep_dir) / SUMMARY_JSON
+    if not p.is_file():
+        return []
+    try:
+        return list(json.loads(p.read_text(encoding="utf-8")).get("jobs", []))
+    except (OSError, json.JSONDecodeError):
+        return []
+
+
+def metric_names(rows: list[dict]) -> list[str]:
+    names: dict[str, None] = {}
+    for r in rows:
+        names.update(dict.fromkeys(r.get("metrics") or {}))
+    return list(names)
+
+
+def to_csv(rows: list[dict], extra: list[str] = ()) -> str:
+    metrics = metric_names(rows)
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(FIXED + list(extra) + metrics)
+    for r in rows:
+        vals = [" ".join(r["overrides"]) if k == "overrides" else r.get(k) for k in FIXED + list(extra)]
+        w.writerow(["" if v is None else v for v in vals] + ["" if r["metrics"].get(m) is None else r["metrics"][m] for m in metrics])
+    return buf.getvalue()
+
+
+def write_summary(sweep_dir: str | Path, rows: list[dict]) -> None:
+    sweep_dir = Path(sweep_dir)
+    rows = sorted(rows, key=lambda r: _job_key(r["job"]))
+    counts = {s: sum(r["status"] == s for r in rows) for s in ("ok", "failed", "missing")}
+    doc = {"sweep_dir": str(sweep_dir), "updated": time.strftime("%Y-%m-%dT%H:%M:%S"), "counts": counts, "jobs": rows}
+    atomic_write(sweep_dir / SUMMARY_JSON, json.dumps(doc, indent=2, default=str))
+    atomic_write(sweep_dir / SUMMARY_CSV, to_csv(rows))
+
+
+def update_row(sweep_dir: str | Path, row: dict) -> None:
+    """Replace one job's row in the summary; safe against concurrent jobs (file lock)."""
+    sweep_dir = Path(sweep_dir)
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(sweep_dir / LOCK)):
+        rows = [r for r in load_summary(sweep_dir) if r["job"] != row["job"]]
+        write_summary(sweep_dir, rows + [row])
+
+
+def finalize(sweep_dir: str | Path) -> list[dict]:
+    """Rebuild the summary from every job folder (jobs that never reported become "missing")."""
+    sweep_dir = Path(sweep_dir)
+    with FileLock(str(sweep_dir / LOCK)):
+        rows = collect(sweep_dir)
+        write_summary(sweep_dir, rows)
+    return rows
+
+
+def failed_jobs(sweep_dir: str | Path | None = None) -> int:
+    """The sweep's exit code: jobs that failed or left no results (None = this process's last sweep)."""
+    if sweep_dir is None:
+        from unlearning import sweep_state
+
+        sweep_dir = sweep_state.last_sweep_dir()
+        if sweep_dir is None:
+            return 0
+    if not Path(sweep_dir).is_dir():
+        return 0
+    return min(sum(r["status"] != "ok" for r in collect(sweep_dir)), 255)
+
+
+class SweepSummary(Callback):
+    """Hydra callback: keeps <sweep dir>/summary.{csv,json} current as jobs finish."""
+
+    def __init__(self, **_):
+        self._t0: float | None = None
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        from unlearning import sweep_state
+
+        sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
+        sweep_state.set_sweep_dir(str(sweep_dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(sweep_dir / LOCK)):
+            if not (sweep_dir / SUMMARY_JSON).exists():
+                write_summary(sweep_dir, [])
+
+    def on_job_start(self, config, **kwargs) -> None:
+        self._t0 = time.perf_counter()
+
+    def on_job_end(self, config, job_return, **kwargs) -> None:
+        from hydra.types import RunMode
+
+        if config.hydra.mode != RunMode.MULTIRUN:
+            return
+        wall = round(time.perf_counter() - self._t0, 3) if self._t0 is not None else None
+        job_dir = Path(str(config.hydra.runtime.output_dir))
+        sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
+        update_row(sweep_dir, job_row(job_dir.resolve(), sweep_dir, job_return, wall))
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
+        if sweep_dir.is_dir():
+            finalize(sweep_dir)
