@@ -21,7 +21,7 @@ from unlearning.errors import UserError
 from unlearning.methods.base import nll, sequence_logp
 from unlearning.methods.ga import GradientAscent
 from unlearning.methods.graddiff import GradDiff, retain_kl
-from unlearning.methods.idk_dpo import IdkDPO, dpo_loss
+from unlearning.methods.idk_dpo import IdkDPO, dpo_loss, shared_prompt_logps
 from unlearning.methods.npo import NPO, npo_loss
 from unlearning.methods.reference import attach_ref_logps
 from unlearning.methods.rmu import RMU, decoder_layers, masked_mse
@@ -268,3 +268,27 @@ def test_idk_dpo_missing_refusal_file(tiny, tmp_path):
 def test_decoder_layers_found_through_lora(tiny):
     model, _ = fresh(tiny)
     assert len(decoder_layers(apply_lora(model, LoraSettings(enabled=True, r=2)))) == 4
+
+
+def test_idk_dpo_shared_prompt_equals_two_passes(tiny):
+    model, tok = fresh(tiny)
+    forget = IdkDPO(refusals=REFUSALS).prepare(model, tok, items(tok, FORGET), None, None)
+    batch = collate(forget, tok.pad_token_id)
+    model.train()
+    rejected, chosen = shared_prompt_logps(model, batch)
+    ref_rej, _ = sequence_logp(model, batch)
+    ref_cho, _ = sequence_logp(model, batch, "chosen_")
+    assert torch.allclose(rejected, ref_rej, atol=1e-4) and torch.allclose(chosen, ref_cho, atol=1e-4)
+    p = model.model.layers[0].self_attn.q_proj.weight  # the prompt's gradient flows through the cache
+    g_shared = torch.autograd.grad((rejected - chosen).sum(), p)[0]
+    g_two = torch.autograd.grad((ref_rej - ref_cho).sum(), p)[0]
+    assert torch.allclose(g_shared, g_two, atol=1e-4) and g_two.abs().sum() > 0
+
+
+def test_idk_dpo_raw_text_falls_back_to_two_passes(tiny):
+    from unlearning.data.base import Example
+
+    model, tok = tiny
+    raw = [{**encode(tok, Example(answer=a), 64), "example": Example(answer=a)} for _, a in FORGET]
+    forget = IdkDPO(refusals=REFUSALS).prepare(model, tok, raw, None, None)
+    assert shared_prompt_logps(model, collate(forget, tok.pad_token_id)) is None

@@ -33,6 +33,10 @@ def _job(cfg):
     with open_dict(cfg):
         cfg.choices = {k: v for k, v in hc.runtime.choices.items() if not k.startswith("hydra")}
     multirun = hc.mode == RunMode.MULTIRUN
+    if cfg.get("threads"):
+        import torch
+
+        torch.set_num_threads(int(cfg.threads))
     try:
         record = run(cfg, out_dir, overrides)
     except Exception as e:
@@ -82,9 +86,9 @@ def main() -> int:
     except SystemExit as e:  # Hydra exits on its own errors (already reported) and after --help
         return int(e.code or 0)
     if "-m" in args or "--multirun" in args:
-        from unlearning.sweep_status import failed_jobs_from_argv
+        from unlearning.sweep import failed_jobs
 
-        return failed_jobs_from_argv()
+        return failed_jobs()
     return 0
 
 

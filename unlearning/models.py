@@ -84,14 +84,14 @@ class TinyLlama:
                         max_position_embeddings=max_position_embeddings, seed=seed)
         self.cache_dir = cache_dir
         self.dtype = dtype
-        self._corpus_hash = None
 
     def fingerprint(self) -> dict:
-        return {"kind": "tiny", **self.cfg, "corpus": self._corpus_hash}
+        # The corpus (which the tokenizer is trained on) is hashed by the stage key itself.
+        return {"kind": "tiny", **self.cfg}
 
     def load(self, corpus: list[str]):
-        self._corpus_hash = hashlib.sha256("\n".join(corpus).encode()).hexdigest()[:16]
-        folder = cache_root(self.cache_dir) / "models" / "tiny" / _hash(self.fingerprint())
+        corpus_hash = hashlib.sha256("\n".join(corpus).encode()).hexdigest()[:16]
+        folder = cache_root(self.cache_dir) / "models" / "tiny" / _hash({**self.fingerprint(), "corpus": corpus_hash})
         with FileLock(str(folder) + ".lock"):
             if not (folder / "config.json").exists():
                 self._build(corpus, folder)

@@ -32,6 +32,7 @@ def write_json(path: str | Path, obj, indent: int = 2) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o644)  # mkstemp makes 0600 files; results are meant to be read by others
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(_clean(obj), f, indent=indent)
         os.replace(tmp, path)

@@ -114,6 +114,15 @@ def run(cfg: DictConfig, out_dir: str | Path, overrides: list[str] | None = None
     ctx.logger = logger
     logger.start(out_dir, OmegaConf.to_container(cfg, resolve=True),
                  {"method": getattr(method, "name", ""), "dataset": data.name, "model": spec.name})
+    try:
+        return _run_logged(cfg, ctx, data, spec, method, evaluator, unlearn, finetune, logger, overrides, t_start)
+    except BaseException:
+        logger.finish("failed")
+        raise
+
+
+def _run_logged(cfg, ctx, data, spec, method, evaluator, unlearn, finetune, logger, overrides, t_start) -> dict:
+    out_dir, timings, choices = ctx.out_dir, ctx.timings, dict(cfg.get("choices") or {})
 
     if getattr(data, "chunker", None) is not None:  # raw-text datasets (MUSE) chunk once a tokenizer exists
         tok = (load_folder(cfg.stage.target_path)[1] if cfg.stage.target_path else spec.load(data.corpus)[1])

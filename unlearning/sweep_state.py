@@ -13,15 +13,3 @@ def set_sweep_dir(path: str) -> None:
 def last_sweep_dir() -> str | None:
     return _SWEEP_DIR
 
-
-try:
-    from hydra.experimental.callback import Callback
-except ImportError:  # pragma: no cover
-    Callback = object
-
-
-class RecordSweepDir(Callback):
-    """Hydra callback: remember the sweep folder so the entrypoint can count failed jobs."""
-
-    def on_multirun_start(self, config, **kwargs) -> None:
-        set_sweep_dir(str(config.hydra.sweep.dir))

@@ -125,12 +125,11 @@ def greedy(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, batc
         else:
             batch = collate([{"input_ids": prompts[i]} for i in idx], pad, padding_side="left")
             batch = {k: v.to(model.device) for k, v in batch.items()}
-            kwargs = dict(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos, pad_token_id=pad)
-            if stop_strings:
-                kwargs.update(stop_strings=list(stop_strings), tokenizer=tokenizer)
+            kwargs = {"tokenizer": tokenizer} if stop_strings else {}
             with precision(model, bf16):
                 gen = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                     generation_config=_plain_config(model), **kwargs)
+                                     generation_config=greedy_config(max_new_tokens, eos, pad, stop_strings),
+                                     **kwargs)
             new = gen[:, batch["input_ids"].shape[1]:].tolist()
         for row, i in enumerate(idx):
             toks = new[row]
@@ -140,11 +139,13 @@ def greedy(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, batc
     return texts  # type: ignore[return-value]
 
 
-def _plain_config(model):
-    """A generation config without the checkpoint's sampling defaults (greedy must be greedy)."""
+def greedy_config(max_new_tokens: int, eos: int, pad: int, stop_strings=None):
+    """A complete greedy generation config, free of the checkpoint's sampling defaults."""
     from transformers import GenerationConfig
 
-    return GenerationConfig(do_sample=False, temperature=None, top_p=None, top_k=None)
+    return GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos, pad_token_id=pad,
+                            temperature=None, top_p=None, top_k=None,
+                            stop_strings=list(stop_strings) if stop_strings else None)
 
 
 def guidance_of(generation) -> "object | None":
@@ -175,3 +176,10 @@ def answer(model, tokenizer, messages_list: list[list[dict]], max_new_tokens: in
     neg = chat_prompts(tokenizer, messages_list, system_prompt=guidance.negative_prompt)
     return greedy(model, tokenizer, pos, max_new_tokens, batch_size, stop_strings, bf16, desc,
                   negative_prompts=neg, guidance=guidance)
+
+
+def _plain_config(model=None):
+    """A greedy generation config free of the checkpoint's sampling defaults (lengths passed separately)."""
+    from transformers import GenerationConfig
+
+    return GenerationConfig(do_sample=False, temperature=None, top_p=None, top_k=None)

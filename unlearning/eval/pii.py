@@ -33,6 +33,7 @@ def degenerate(text: str) -> bool:
     if len(words) < 6:
         return False
     grams = [tuple(words[i : i + 3]) for i in range(len(words) - 2)]
+    # rep-3 = 1 - distinct/total word trigrams (Welleck et al. 2020, "Neural text generation with unlikelihood training") > 0.5
     return len(set(grams)) / len(grams) < 0.5
 
 

@@ -5,6 +5,9 @@ The reference log-probs of both are computed once in `prepare` (one model in mem
 TRL's DPO loss lives inside `DPOTrainer._compute_loss` (it needs a Trainer instance and
 its own batch layout), so it cannot be called from the shared loop; the formula is the
 one line in `dpo_loss` (TRL's loss_type="sigmoid" with the 2/beta scale of the NPO paper).
+Chosen and rejected share the question, so by default (`share_prompt`) the prompt runs once
+and its KV cache (transformers' DynamicCache, cropped between the two) feeds both answers.
+Written by hand: that shared-prompt pass (no library does it for training).
 """
 
 from __future__ import annotations
@@ -13,9 +16,10 @@ import os
 import random
 from pathlib import Path
 
+import torch
 import torch.nn.functional as F
 
-from unlearning.data.base import encode
+from unlearning.data.base import IGNORE, encode
 from unlearning.errors import UserError
 from unlearning.methods.base import Method, nll, reject_unknown, require_positive, sequence_logp
 from unlearning.methods.reference import attach_ref_logps, train_bf16
@@ -38,13 +42,58 @@ def load_refusals(path: str | Path) -> list[str]:
     return lines
 
 
+def shared_prompt_logps(model, batch: dict) -> tuple | None:
+    """log p(rejected|x) and log p(chosen|x) with the shared prompt run once (its KV cache feeds both).
+
+    Same values as two full forward passes, for about (|x| + |y_r| + |y_c|) tokens instead of
+    2|x| + |y_r| + |y_c|, and the LM head only on answer positions. None when a row's chosen and
+    rejected sequences do not share their prompt (raw-text examples): the caller runs two passes.
+    """
+    ids, labels = batch["input_ids"], batch["labels"]
+    c_ids, c_labels = batch["chosen_input_ids"], batch["chosen_labels"]
+    ans, c_ans = labels != IGNORE, c_labels != IGNORE
+    if not (ans.any(1).all() and c_ans.any(1).all()):
+        return None
+    starts, c_starts = ans.float().argmax(1), c_ans.float().argmax(1)
+    if not torch.equal(starts, c_starts) or int(starts.min()) == 0:
+        return None
+    b, width = len(starts), int(starts.max())
+    prompt = ids.new_zeros((b, width))
+    pmask = torch.zeros_like(prompt)
+    for i, s in enumerate(starts.tolist()):
+        if not torch.equal(ids[i, :s], c_ids[i, :s]):
+            return None
+        prompt[i, width - s :], pmask[i, width - s :] = ids[i, :s], 1  # left padding: last column is real
+    out = model(input_ids=prompt, attention_mask=pmask, position_ids=(pmask.cumsum(1) - 1).clamp(min=0),
+                use_cache=True, logits_to_keep=1)
+    first, cache = out.logits[:, -1], out.past_key_values
+    lps = []
+    for seq, lab, mask in ((ids, labels, ans), (c_ids, c_labels, c_ans)):
+        n = int(mask.sum(1).max())
+        cont = seq.new_zeros((b, n))
+        cmask = torch.zeros_like(cont)
+        for i, s in enumerate(starts.tolist()):
+            k = int(mask[i].sum())
+            cont[i, :k], cmask[i, :k] = seq[i, s : s + k], 1
+        pos = starts.unsqueeze(1) + torch.arange(n, device=seq.device).unsqueeze(0)
+        cache.crop(width - cache.get_seq_length())  # drop the previous continuation (a negative count removes)
+        logits = model(input_ids=cont, attention_mask=torch.cat([pmask, cmask], 1), position_ids=pos,
+                       past_key_values=cache, use_cache=True).logits
+        # Token j of the answer is predicted at answer position j-1, the first one at the prompt's end.
+        logits = torch.cat([first.unsqueeze(1), logits[:, :-1]], 1)
+        lp = torch.log_softmax(logits.float(), -1).gather(-1, cont.unsqueeze(-1)).squeeze(-1)
+        lps.append((lp * cmask).sum(1))
+    return lps[0], lps[1]
+
+
 class IdkDPO(Method):
     name = "idk_dpo"
 
     def __init__(self, beta: float = 0.1, gamma: float = 1.0, alpha: float = 1.0, refusals: list | None = None,
-                 refusal_file: str | None = None, seed: int = 0, ref_batch_size: int = 8, **unknown):
+                 refusal_file: str | None = None, seed: int = 0, ref_batch_size: int = 8, share_prompt: bool = True,
+                 **unknown):
         reject_unknown(self.name, unknown, ["beta", "gamma", "alpha", "refusals", "refusal_file", "seed",
-                                            "ref_batch_size"])
+                                            "ref_batch_size", "share_prompt"])
         require_positive(self.name, "beta", beta)
         if alpha < 0 or gamma < 0:
             raise UserError(f"method.alpha={alpha} / method.gamma={gamma} must be >= 0 (conf/method/idk_dpo.yaml)")
@@ -53,6 +102,7 @@ class IdkDPO(Method):
         self.beta, self.gamma, self.alpha = float(beta), float(gamma), float(alpha)
         self.refusals = [str(r) for r in refusals] if refusals is not None else None
         self.refusal_file, self.seed, self.ref_batch_size = refusal_file, int(seed), int(ref_batch_size)
+        self.share_prompt = bool(share_prompt)
         self.needs_retain = self.alpha > 0
 
     def _refusals(self, ctx) -> list[str]:
@@ -83,8 +133,12 @@ class IdkDPO(Method):
 
     def loss(self, model, batch):
         f = batch["forget"]
-        rejected, _ = sequence_logp(model, f)
-        chosen, _ = sequence_logp(model, f, "chosen_")
+        shared = shared_prompt_logps(model, f) if self.share_prompt else None
+        if shared is None:
+            rejected, _ = sequence_logp(model, f)
+            chosen, _ = sequence_logp(model, f, "chosen_")
+        else:
+            rejected, chosen = shared
         forget = dpo_loss(chosen, f["chosen_ref_logp"], rejected, f["ref_logp"], self.beta)
         loss = self.gamma * forget
         logs = {"forget_dpo": forget.item(), "rejected_logratio": (rejected - f["ref_logp"]).mean().item()}

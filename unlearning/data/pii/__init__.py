@@ -137,8 +137,7 @@ def to_unlearning_data(data: dict, name: str = "synthetic_pii") -> UnlearningDat
         reference_train=None,
         corpus=texts(data),
         extra={"people": data["people"], "pii_types": data["pii_types"], "probes": data["probes"],
-               "heldout": turn_examples(data["heldout"]), "pii_free_heldout": turn_examples(data["pii_free_heldout"]),
-               "raw": data},
+               "heldout": turn_examples(data["heldout"]), "pii_free_heldout": turn_examples(data["pii_free_heldout"])},
     )
 
 
