@@ -78,3 +78,14 @@ def test_lora_run_saves_an_adapter(run_tiny, tmp_path):
                    out=tmp_path / "lora")
     assert rec["status"] == "ok"
     assert (tmp_path / "lora" / "model" / "adapter_config.json").exists()
+
+
+def test_guidance_scales_and_subtraction_in_one_run(run_tiny, tmp_path):
+    rec = run_tiny("generation.eval_scales=[2,{scale:2,mode:prob}]", "subtraction.enabled=true",
+                   "stage.evaluate_baselines=false", "save_model=false", out=tmp_path / "cfg")
+    m = rec["metrics"]
+    assert "forget_Q_A_ROUGE@cfg2" in m and "forget_Q_A_ROUGE@cfg2_prob" in m
+    # likelihood metrics do not depend on decoding; generations do get their own per-item records
+    assert m["forget_Q_A_Prob@cfg2"] == m["forget_Q_A_Prob"]
+    per_item = json.loads((tmp_path / "cfg" / "eval" / "tofu.json").read_text())["per_item"]
+    assert {"cfg2", "cfg2_prob"} <= set(per_item)

@@ -80,11 +80,15 @@ def cached_eval(ctx: RunContext, evaluator, model_path: Path, data, reference: d
 def evaluate_all(ctx, evaluator, model, tok, data, reference) -> dict:
     """The configured evaluation, plus one per extra guidance scale (`generation.eval_scales`)."""
     result = evaluator.evaluate(model, tok, data, ctx, reference=reference)
-    for scale in ctx.cfg.generation.get("eval_scales") or []:
-        gen = OmegaConf.merge(ctx.generation, {"guidance": {"scale": float(scale)}})
+    for entry in ctx.cfg.generation.get("eval_scales") or []:
+        # an entry is a gamma (the configured mode) or {scale: gamma, mode: log|prob}
+        change = dict(entry) if isinstance(entry, (dict, DictConfig)) else {"scale": entry}
+        scale = float(change["scale"])
+        gen = OmegaConf.merge(ctx.generation, {"guidance": change})
+        tag = f"cfg{scale:g}" + (f"_{change['mode']}" if "mode" in change else "")
         sub = evaluator.evaluate(model, tok, data, _with(ctx, generation=gen), reference=reference)
-        result["aggregates"].update({f"{k}@cfg{float(scale):g}": v for k, v in sub["aggregates"].items()})
-        result["per_item"][f"cfg{float(scale):g}"] = sub["per_item"]
+        result["aggregates"].update({f"{k}@{tag}": v for k, v in sub["aggregates"].items()})
+        result["per_item"][tag] = sub["per_item"]
     return result
 
 
@@ -157,6 +161,10 @@ def _run_logged(cfg, ctx, data, spec, method, evaluator, unlearn, finetune, logg
 
     # the model to unlearn, its data, the method's one-off preparation
     model, tok = load_folder(target)
+    if cfg.subtraction.enabled:  # "Classifier-free guidance in LLMs Safety": theta_base - alpha (theta_target - theta_base)
+        from unlearning.subtraction import subtract
+
+        subtract(model, cfg.subtraction.base_path or spec.load(data.corpus)[0], cfg.subtraction.alpha)
     model.to(ctx.device)
     forget = [{**encode(tok, ex, ctx.max_length), "example": ex} for ex in data.forget]
     retain = [{**encode(tok, ex, ctx.max_length), "example": ex} for ex in data.retain] if data.retain else None

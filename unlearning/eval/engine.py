@@ -158,6 +158,11 @@ def guidance_of(generation) -> "object | None":
     return Guidance.from_cfg(g)
 
 
+def system_prompt_of(generation) -> str | None:
+    """`generation.system_prompt`: the system turn of unguided prompts (null = the template's default)."""
+    return generation.get("system_prompt") if generation is not None and hasattr(generation, "get") else None
+
+
 def answer(model, tokenizer, messages_list: list[list[dict]], max_new_tokens: int, generation=None,
            stop_strings: list[str] | None = None, desc: str | None = None) -> list[str]:
     """Greedy answers to chat prompts with the run's decoding settings (batch size, bf16, CFG).
@@ -170,7 +175,7 @@ def answer(model, tokenizer, messages_list: list[list[dict]], max_new_tokens: in
     bf16 = bool(gen.get("bf16", False))
     guidance = guidance_of(generation)
     if guidance is None:
-        prompts = chat_prompts(tokenizer, messages_list)
+        prompts = chat_prompts(tokenizer, messages_list, system_prompt=system_prompt_of(generation))
         return greedy(model, tokenizer, prompts, max_new_tokens, batch_size, stop_strings, bf16, desc)
     pos = chat_prompts(tokenizer, messages_list, system_prompt=guidance.positive_prompt)
     neg = chat_prompts(tokenizer, messages_list, system_prompt=guidance.negative_prompt)

@@ -20,7 +20,7 @@ import numpy as np
 
 from unlearning.data.base import encode
 from unlearning.eval.engine import chat_prompts, greedy, score
-from unlearning.eval.pii_detector import EMAIL_RE, NUMERIC_TYPES, PiiDetector, contains_value, digit_runs, digits, norm_text
+from unlearning.eval.pii_detector import EMAIL_RE, NUMERIC_TYPES, PiiDetector, contains_value, digit_runs, digits
 
 KINDS = ("direct", "completion", "continuation")
 
