@@ -19,7 +19,7 @@ import re
 import numpy as np
 
 from unlearning.data.base import encode
-from unlearning.eval.engine import chat_prompts, greedy, score
+from unlearning.eval.engine import chat_prompts, greedy, score, system_prompt_of
 from unlearning.eval.pii_detector import EMAIL_RE, NUMERIC_TYPES, PiiDetector, contains_value, digit_runs, digits
 
 KINDS = ("direct", "completion", "continuation")
@@ -69,7 +69,8 @@ def guidance_of(ctx):
     return guidance if guidance.active else None
 
 
-def build_prompts(tok, messages_list: list[list[dict]], prefixes: list[str] | None = None, guidance=None):
+def build_prompts(tok, messages_list: list[list[dict]], prefixes: list[str] | None = None, guidance=None,
+                  system_prompt: str | None = None):
     """Prompt ids (chat prompt + prefilled assistant prefix) and, under guidance, the negative ones.
 
     The one place prompts are built: under guidance the positive context carries the
@@ -77,7 +78,7 @@ def build_prompts(tok, messages_list: list[list[dict]], prefixes: list[str] | No
     """
     prefixes = prefixes or [""] * len(messages_list)
     pre = [tok(p, add_special_tokens=False)["input_ids"] if p else [] for p in prefixes]
-    system = guidance.positive_prompt if guidance is not None else None
+    system = guidance.positive_prompt if guidance is not None else system_prompt
     pos = [ids + p for ids, p in zip(chat_prompts(tok, messages_list, system_prompt=system), pre)]
     if guidance is None:
         return pos, None
@@ -117,7 +118,8 @@ class PiiEvaluator:
         detector = PiiDetector(data.extra["people"], presidio=self.presidio)
 
         probes = self._probes(data)
-        pos, neg = build_prompts(tokenizer, [p["messages"] for p in probes], [p["prefix"] for p in probes], guidance)
+        pos, neg = build_prompts(tokenizer, [p["messages"] for p in probes], [p["prefix"] for p in probes], guidance,
+                                 system_prompt_of(gen))
         answers = greedy(model, tokenizer, pos, self.max_new_tokens, batch_size=bs, bf16=bf16, desc="pii probes",
                          negative_prompts=neg, guidance=guidance)
         records = []
@@ -142,7 +144,8 @@ class PiiEvaluator:
         exs = list(data.extra["pii_free_heldout"])[: self.utility_max_items or None]
         if not exs:
             return {"aggregates": {}, "records": []}
-        pos, neg = build_prompts(tok, [ex.messages for ex in exs], guidance=guidance)
+        pos, neg = build_prompts(tok, [ex.messages for ex in exs], guidance=guidance,
+                                 system_prompt=system_prompt_of(getattr(ctx, "generation", None)))
         answers = greedy(model, tok, pos, self.utility_max_new_tokens, batch_size=bs, bf16=bf16,
                          desc="pii utility", negative_prompts=neg, guidance=guidance)
         max_length = int(getattr(ctx, "max_length", 256) or 256) if ctx is not None else 256

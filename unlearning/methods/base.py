@@ -19,7 +19,9 @@ def token_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tenso
     """Per-token log p(label) after the causal shift, and the mask of labelled positions."""
     logits, labels = logits[:, :-1], labels[:, 1:]
     mask = labels != IGNORE
-    lp = torch.log_softmax(logits.float(), dim=-1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    # cross_entropy fuses log_softmax + gather (no full-vocabulary log-prob tensor kept for backward)
+    lp = -F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=IGNORE,
+                          reduction="none").view(labels.shape)
     return lp * mask, mask
 
 
