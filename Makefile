@@ -3,6 +3,8 @@ VENV      ?= .venv
 PY        := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 ARGS      ?=
+# The main job: synthetic PII + SmolLM2-135M + CFG-aware ORPO, evaluated without and with guidance.
+MAIN      ?= experiment=pii_orpo_cfg
 export UNLEARNING_DATA_DIR ?= $(abspath ../shared/data)
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
@@ -22,7 +24,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 run: $(VENV)/.installed
-	$(VENV)/bin/unlearning $(ARGS)
+	$(VENV)/bin/unlearning $(if $(ARGS),$(ARGS),$(MAIN))
 
 test: $(VENV)/.installed
 	$(VENV)/bin/pytest $(ARGS)

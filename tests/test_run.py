@@ -89,3 +89,13 @@ def test_guidance_scales_and_subtraction_in_one_run(run_tiny, tmp_path):
     assert m["forget_Q_A_Prob@cfg2"] == m["forget_Q_A_Prob"]
     per_item = json.loads((tmp_path / "cfg" / "eval" / "tofu.json").read_text())["per_item"]
     assert {"cfg2", "cfg2_prob"} <= set(per_item)
+
+
+def test_table_has_a_column_per_guidance_scale():
+    from unlearning.run import table
+
+    rec = {"method": "orpo_cfg", "baselines": {"target": {"leakage_rate": 0.5}},
+           "metrics": {"leakage_rate": 0.25, "leakage_rate@cfg3": 0.125}}
+    lines = table(rec).splitlines()
+    assert lines[0].split() == ["metric", "target", "unlearned", "(orpo_cfg)", "unlearned", "@cfg3"]
+    assert lines[2].split() == ["leakage_rate", "0.5", "0.25", "0.125"]

@@ -199,20 +199,21 @@ def _run_logged(cfg, ctx, data, spec, method, evaluator, unlearn, finetune, logg
 
 
 def table(record: dict, columns: list[str] | None = None) -> str:
-    """A plain-text comparison table: reference, target and unlearned rows."""
+    """A plain-text comparison table: reference, target, unlearned, and unlearned under each extra guidance scale."""
+    metrics = record["metrics"]
     rows = [(name, record["baselines"][name]) for name in ("reference", "target") if name in record["baselines"]]
-    rows.append((f"unlearned ({record['method']})", record["metrics"]))
+    rows.append((f"unlearned ({record['method']})", metrics))
+    for tag in dict.fromkeys(k.split("@", 1)[1] for k in metrics if "@" in k):
+        rows.append((f"unlearned @{tag}", {k.split("@", 1)[0]: v for k, v in metrics.items() if k.endswith("@" + tag)}))
     if columns is None:
         preferred = ["forget_quality", "model_utility"]
-        keys = [k for k in record["metrics"] if isinstance(record["metrics"][k], (int, float))]
-        columns = [k for k in preferred if k in keys] + [k for k in keys if k not in preferred and "@" not in k]
-    width = max(len(r[0]) for r in rows) + 2
-    lines = []
+        keys = [k for k in metrics if isinstance(metrics[k], (int, float)) and "@" not in k]
+        columns = [k for k in preferred if k in keys] + [k for k in keys if k not in preferred]
+    widths = [max(12, len(name)) + 2 for name, _ in rows]
+    header = f"{'metric':<32}" + "".join(f"{name:>{w}}" for (name, _), w in zip(rows, widths))
+    lines = [header, "-" * len(header)]
     for col in columns:
-        cells = []
-        for _, vals in rows:
-            v = vals.get(col)
-            cells.append(f"{v:>12.4g}" if isinstance(v, (int, float)) else f"{'-':>12}")
+        cells = [f"{vals[col]:>{w}.4g}" if isinstance(vals.get(col), (int, float)) else f"{'-':>{w}}"
+                 for (_, vals), w in zip(rows, widths)]
         lines.append(f"{col:<32}" + "".join(cells))
-    header = f"{'metric':<32}" + "".join(f"{name[:12]:>12}" for name, _ in rows)
-    return "\n".join([header, "-" * len(header)] + lines) if width else ""
+    return "\n".join(lines)
