@@ -55,7 +55,8 @@ def test_whole_tiny_run_then_cached_stages(run_tiny, tmp_path):
     assert first["status"] == "ok"
     m = first["metrics"]
     for key in ("forget_quality", "model_utility", "forget_Q_A_Prob", "forget_Q_A_ROUGE", "forget_Truth_Ratio",
-                "retain_Q_A_Prob", "ra_Q_A_Prob_normalised", "wf_Truth_Ratio"):
+                "retain_Q_A_Prob", "ra_Q_A_Prob_normalised", "wf_Truth_Ratio", "forget_exact_memorization",
+                "forget_extraction_strength"):
         assert key in m and m[key] is not None, key
     assert 0.0 <= m["forget_quality"] <= 1.0 and 0.0 <= m["model_utility"] <= 1.0
     assert {"target", "reference"} <= set(first["baselines"])

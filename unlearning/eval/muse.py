@@ -99,7 +99,9 @@ class MuseEvaluator:
         out = []
         for r, o, rg, s in zip(rows, outs, rouge, scores):
             out.append({"id": r["id"], "generation": o, "gt": r["gt"], "rougeL_f1": rg["rougeL_f1"],
-                        "exact_memorization": exact_memorization(s.hit), "extraction_strength": extraction_strength(s.hit)})
+                        # OpenUnlearning drops the last labelled position from EM/ES
+                        "exact_memorization": exact_memorization(s.hit[:-1]),
+                        "extraction_strength": extraction_strength(s.hit[:-1])})
         per_item["verbmem_forget"] = out
         agg["forget_verbmem_ROUGE"] = _mean(r["rougeL_f1"] for r in out)
         agg["exact_memorization"] = _mean(r["exact_memorization"] for r in out)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from unlearning.data.base import Example, encode
-from unlearning.eval import engine, metrics
+from unlearning.eval import engine, memorization, metrics
 
 # Which answer is "correct" for the truth ratio: TOFU compares perturbed answers with the
 # paraphrased answer on forget/retain, and with the original answer on real authors/world facts.
@@ -82,10 +82,13 @@ class TofuEvaluator:
             tr = metrics.truth_ratio(tr_correct_nll, wrong_nll)
             aggregates[f"{p}_Truth_Ratio"] = (metrics.tr_closer_to_1(tr) if split == "forget"
                                               else metrics.tr_true_better(tr))
-            em = [float(s.hit.mean()) if len(s.hit) else float("nan") for s in correct_scores]
-            aggregates[f"{p}_exact_memorization"] = float(np.nanmean(em))
-            for row, pr, t, e in zip(rows, probs, tr, em):
-                row.update(prob=float(pr), truth_ratio=float(t), exact_memorization=e)
+            # OpenUnlearning scores EM/ES without the last answer token (the EOS prediction)
+            em = [memorization.exact_memorization(s.hit[:-1]) for s in correct_scores]
+            es = [memorization.extraction_strength(s.hit[:-1]) for s in correct_scores]
+            aggregates[f"{p}_exact_memorization"] = float(np.mean([e for e in em if e is not None]))
+            aggregates[f"{p}_extraction_strength"] = float(np.mean(es))
+            for row, pr, t, e, x in zip(rows, probs, tr, em, es):
+                row.update(prob=float(pr), truth_ratio=float(t), exact_memorization=e, extraction_strength=x)
             if self.generate:
                 outs = engine.answer(model, tokenizer, [ex.messages for ex in examples], self.max_new_tokens, gen,
                                      desc=f"{split}: generate")
