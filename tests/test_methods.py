@@ -292,3 +292,15 @@ def test_idk_dpo_raw_text_falls_back_to_two_passes(tiny):
     raw = [{**encode(tok, Example(answer=a), 64), "example": Example(answer=a)} for _, a in FORGET]
     forget = IdkDPO(refusals=REFUSALS).prepare(model, tok, raw, None, None)
     assert shared_prompt_logps(model, collate(forget, tok.pad_token_id)) is None
+
+
+@pytest.mark.parametrize("target", ["unlearning.methods.graddiff.GradDiff", "unlearning.methods.npo.NPO",
+                                    "unlearning.methods.simnpo.SimNPO", "unlearning.methods.idk_dpo.IdkDPO"])
+def test_negative_coefficient_is_one_clear_line(target):
+    import importlib
+
+    from unlearning.errors import UserError
+
+    module, cls = target.rsplit(".", 1)
+    with pytest.raises(UserError, match=r"method.alpha=-1 must be >= 0 for method=\w+"):
+        getattr(importlib.import_module(module), cls)(alpha=-1)

@@ -82,3 +82,11 @@ def require_positive(method: str, key: str, value: float) -> None:
     if not value > 0:
         raise UserError(f"method.{key}={value} must be > 0 for method={method} "
                         f"(set it in conf/method/{method}.yaml or override method.{key}=...)")
+
+
+def require_coefficients(method: str, **coefficients: float) -> None:
+    """Loss-term coefficients (alpha, gamma, ...) must be >= 0; 0 switches the term off."""
+    for key, value in coefficients.items():
+        if not value >= 0:
+            raise UserError(f"method.{key}={value} must be >= 0 for method={method} "
+                            f"(set it in conf/method/{method}.yaml or override method.{key}=...)")

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from unlearning.data.base import IGNORE
 from unlearning.errors import UserError
-from unlearning.methods.base import Method, nll, reject_unknown
+from unlearning.methods.base import Method, nll, reject_unknown, require_coefficients
 from unlearning.methods.reference import Reference
 
 
@@ -28,8 +28,7 @@ class GradDiff(Method):
         reject_unknown(self.name, unknown, ["gamma", "alpha", "retain_loss"])
         if retain_loss not in ("nll", "kl"):
             raise UserError(f"method.retain_loss={retain_loss!r} must be 'nll' or 'kl' (conf/method/graddiff.yaml)")
-        if alpha < 0 or gamma < 0:
-            raise UserError(f"method.alpha={alpha} / method.gamma={gamma} must be >= 0 (conf/method/graddiff.yaml)")
+        require_coefficients(self.name, alpha=alpha, gamma=gamma)
         self.gamma, self.alpha, self.retain_loss = float(gamma), float(alpha), retain_loss
         self.needs_retain = self.alpha > 0
         self.reference = None

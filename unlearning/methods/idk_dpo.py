@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from unlearning.data.base import IGNORE, encode
 from unlearning.errors import UserError
-from unlearning.methods.base import Method, nll, reject_unknown, require_positive, sequence_logp
+from unlearning.methods.base import Method, nll, reject_unknown, require_positive, require_coefficients, sequence_logp
 from unlearning.methods.reference import attach_ref_logps, train_bf16
 
 
@@ -95,8 +95,7 @@ class IdkDPO(Method):
         reject_unknown(self.name, unknown, ["beta", "gamma", "alpha", "refusals", "refusal_file", "seed",
                                             "ref_batch_size", "share_prompt"])
         require_positive(self.name, "beta", beta)
-        if alpha < 0 or gamma < 0:
-            raise UserError(f"method.alpha={alpha} / method.gamma={gamma} must be >= 0 (conf/method/idk_dpo.yaml)")
+        require_coefficients(self.name, alpha=alpha, gamma=gamma)
         if refusals is not None and not [r for r in refusals if str(r).strip()]:
             raise UserError("method.refusals is an empty list: give refusal sentences or set it to null")
         self.beta, self.gamma, self.alpha = float(beta), float(gamma), float(alpha)

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
-from unlearning.errors import UserError
-from unlearning.methods.base import Method, nll, reject_unknown, require_positive, sequence_logp
+from unlearning.methods.base import Method, nll, reject_unknown, require_positive, require_coefficients, sequence_logp
 from unlearning.methods.reference import attach_ref_logps, train_bf16
 
 
@@ -21,8 +20,7 @@ class NPO(Method):
                  **unknown):
         reject_unknown(self.name, unknown, ["beta", "gamma", "alpha", "ref_batch_size"])
         require_positive(self.name, "beta", beta)
-        if alpha < 0 or gamma < 0:
-            raise UserError(f"method.alpha={alpha} / method.gamma={gamma} must be >= 0 (conf/method/npo.yaml)")
+        require_coefficients(self.name, alpha=alpha, gamma=gamma)
         self.beta, self.gamma, self.alpha = float(beta), float(gamma), float(alpha)
         self.ref_batch_size = int(ref_batch_size)
         self.needs_retain = self.alpha > 0

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
-from unlearning.errors import UserError
-from unlearning.methods.base import Method, nll, reject_unknown, require_positive, sequence_logp
+from unlearning.methods.base import Method, nll, reject_unknown, require_positive, require_coefficients, sequence_logp
 
 
 def simnpo_loss(logp, length, beta: float, delta: float):
@@ -25,8 +24,7 @@ class SimNPO(Method):
                  **unknown):
         reject_unknown(self.name, unknown, ["beta", "gamma", "alpha", "delta"])
         require_positive(self.name, "beta", beta)
-        if alpha < 0 or gamma < 0:
-            raise UserError(f"method.alpha={alpha} / method.gamma={gamma} must be >= 0 (conf/method/simnpo.yaml)")
+        require_coefficients(self.name, alpha=alpha, gamma=gamma)
         self.beta, self.gamma, self.alpha, self.delta = float(beta), float(gamma), float(alpha), float(delta)
         self.needs_retain = self.alpha > 0
 
