@@ -97,105 +97,146 @@ def _with(ctx: RunContext, **changes) -> RunContext:
 
 
 def run(cfg: DictConfig, out_dir: str | Path, overrides: list[str] | None = None) -> dict:
+    """The whole run as a recipe of named steps; each step is a short function below."""
     t_start = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    timings: dict = {}
     ctx = RunContext(cfg=cfg, out_dir=out_dir, cache_dir=str(cfg.cache_dir), device=pick_device(cfg.device),
-                     max_length=int(cfg.max_length), generation=cfg.generation, data_dir=cfg.get("data_dir"),
-                     timings=timings)
-    choices = dict(cfg.get("choices") or {})
-
-    # compose -> objects (all built by Hydra from their config group)
-    data = build(cfg.dataset)
-    spec = build(cfg.model)
-    method = build(cfg.method)
-    evaluator = build(cfg.evaluator)
-    method.check(bool(data.retain))
-    unlearn = TrainSettings.from_cfg(cfg.trainer)
-    finetune = TrainSettings.from_cfg({"seed": cfg.seed, **OmegaConf.to_container(cfg.model.finetune, resolve=True)})
-    logger = instantiate(cfg.logger, _convert_="all")
-    ctx.logger = logger
-    logger.start(out_dir, OmegaConf.to_container(cfg, resolve=True),
-                 {"method": getattr(method, "name", ""), "dataset": data.name, "model": spec.name})
+                     max_length=int(cfg.max_length), generation=cfg.generation, data_dir=cfg.get("data_dir"))
+    parts = compose(cfg)                                           # every component built from its config group
+    ctx.logger = start_logger(cfg, out_dir, parts)
     try:
-        return _run_logged(cfg, ctx, data, spec, method, evaluator, unlearn, finetune, logger, overrides, t_start)
+        parts.data = for_tokenizer(cfg, ctx, parts)                # raw-text corpora chunk once a tokenizer exists
+        target, reference, stages = build_stages(cfg, ctx, parts)  # fine-tuned target, retain reference (cached)
+        baselines, ref_result = evaluate_baselines(cfg, ctx, parts, target, reference)
+        model, tok = load_model_to_unlearn(cfg, ctx, parts, target)
+        model = unlearn(ctx, parts, model, tok)                    # method.prepare once, then the shared loop
+        if cfg.save_model:
+            save_model(model, tok, out_dir / "model")
+        result = evaluate_unlearned(ctx, parts, model, tok, ref_result)
+        record = make_record(cfg, ctx, parts, result, baselines, stages, overrides, t_start)
+        write_json(out_dir / "results.json", record)
     except BaseException:
-        logger.finish("failed")
+        ctx.logger.finish("failed")
         raise
+    ctx.logger.summary(record["metrics"])
+    ctx.logger.finish("ok")
+    return record
 
 
-def _run_logged(cfg, ctx, data, spec, method, evaluator, unlearn, finetune, logger, overrides, t_start) -> dict:
-    out_dir, timings, choices = ctx.out_dir, ctx.timings, dict(cfg.get("choices") or {})
+@dataclass
+class Parts:
+    """The run's components, each instantiated by Hydra from its config group."""
 
-    if getattr(data, "chunker", None) is not None:  # raw-text datasets (MUSE) chunk once a tokenizer exists
-        tok = (load_folder(cfg.stage.target_path)[1] if cfg.stage.target_path else spec.load(data.corpus)[1])
-        data = data.for_tokenizer(tok, ctx.max_length)
+    data: object
+    spec: object
+    method: object
+    evaluator: object
+    unlearn: TrainSettings
+    finetune: TrainSettings
 
-    # starting models: the target to unlearn from, the retain reference to compare with
-    t = time.perf_counter()
-    stages = {}
+
+def compose(cfg: DictConfig) -> Parts:
+    data, spec, method, evaluator = build(cfg.dataset), build(cfg.model), build(cfg.method), build(cfg.evaluator)
+    method.check(bool(data.retain))
+    finetune = {"seed": cfg.seed, **OmegaConf.to_container(cfg.model.finetune, resolve=True)}
+    return Parts(data, spec, method, evaluator, TrainSettings.from_cfg(cfg.trainer), TrainSettings.from_cfg(finetune))
+
+
+def start_logger(cfg: DictConfig, out_dir: Path, parts: Parts):
+    logger = instantiate(cfg.logger, _convert_="all")
+    logger.start(out_dir, OmegaConf.to_container(cfg, resolve=True),
+                 {"method": getattr(parts.method, "name", ""), "dataset": parts.data.name, "model": parts.spec.name})
+    return logger
+
+
+def for_tokenizer(cfg: DictConfig, ctx: RunContext, parts: Parts):
+    data = parts.data
+    if getattr(data, "chunker", None) is None:
+        return data
+    tok = load_folder(cfg.stage.target_path)[1] if cfg.stage.target_path else parts.spec.load(data.corpus)[1]
+    return data.for_tokenizer(tok, ctx.max_length)
+
+
+def build_stages(cfg: DictConfig, ctx: RunContext, parts: Parts) -> tuple[Path, Path | None, dict]:
+    """The target to unlearn from and the retain reference to compare with: given paths, else cached stages."""
+    t, stages, data = time.perf_counter(), {}, parts.data
     target = Path(cfg.stage.target_path) if cfg.stage.target_path else None
     if target is None:
-        target, built = ensure_stage("target", spec, data.corpus, data.target_train, finetune, ctx.max_length,
-                                     ctx.cache_dir, ctx.device)
+        target, built = ensure_stage("target", parts.spec, data.corpus, data.target_train, parts.finetune,
+                                     ctx.max_length, ctx.cache_dir, ctx.device)
         stages["target"] = {"path": str(target), "built": built}
     reference = Path(cfg.stage.reference_path) if cfg.stage.reference_path else None
-    if reference is None and data.reference_train and getattr(evaluator, "uses_reference", False):
-        reference, built = ensure_stage("reference", spec, data.corpus, data.reference_train, finetune,
+    if reference is None and data.reference_train and getattr(parts.evaluator, "uses_reference", False):
+        reference, built = ensure_stage("reference", parts.spec, data.corpus, data.reference_train, parts.finetune,
                                         ctx.max_length, ctx.cache_dir, ctx.device)
         stages["reference"] = {"path": str(reference), "built": built}
     for p in (target, reference):
         if p is not None and not (p / "config.json").exists():
             raise UserError(f"stage checkpoint {p} holds no config.json; give an HF-format model folder")
-    timings["stages_s"] = time.perf_counter() - t
+    ctx.timings["stages_s"] = time.perf_counter() - t
+    return target, reference, stages
 
-    t = time.perf_counter()
-    baselines, ref_result = {}, None
+
+def evaluate_baselines(cfg: DictConfig, ctx: RunContext, parts: Parts, target: Path, reference: Path | None):
+    """Reference and target results (cached), so every run carries its own comparison rows."""
+    t, baselines, ref_result = time.perf_counter(), {}, None
     if reference is not None:
-        ref_result = cached_eval(ctx, evaluator, reference, data, None, "reference")
+        ref_result = cached_eval(ctx, parts.evaluator, reference, parts.data, None, "reference")
         baselines["reference"] = ref_result["aggregates"]
     if cfg.stage.evaluate_baselines:
-        baselines["target"] = cached_eval(ctx, evaluator, target, data, ref_result, "target")["aggregates"]
-    timings["baselines_eval_s"] = time.perf_counter() - t
+        baselines["target"] = cached_eval(ctx, parts.evaluator, target, parts.data, ref_result, "target")["aggregates"]
+    ctx.timings["baselines_eval_s"] = time.perf_counter() - t
+    return baselines, ref_result
 
-    # the model to unlearn, its data, the method's one-off preparation
+
+def load_model_to_unlearn(cfg: DictConfig, ctx: RunContext, parts: Parts, target: Path):
     model, tok = load_folder(target)
     if cfg.subtraction.enabled:  # "Classifier-free guidance in LLMs Safety": theta_base - alpha (theta_target - theta_base)
         from unlearning.subtraction import subtract
 
-        subtract(model, cfg.subtraction.base_path or spec.load(data.corpus)[0], cfg.subtraction.alpha)
-    model.to(ctx.device)
+        subtract(model, cfg.subtraction.base_path or parts.spec.load(parts.data.corpus)[0], cfg.subtraction.alpha)
+    return model.to(ctx.device), tok
+
+
+def unlearn(ctx: RunContext, parts: Parts, model, tok):
+    data, method = parts.data, parts.method
     forget = [{**encode(tok, ex, ctx.max_length), "example": ex} for ex in data.forget]
     retain = [{**encode(tok, ex, ctx.max_length), "example": ex} for ex in data.retain] if data.retain else None
     t = time.perf_counter()
     forget = method.prepare(model, tok, forget, retain, ctx)
-    timings["prepare_s"] = time.perf_counter() - t
-
+    ctx.timings["prepare_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    model = train(model, method, forget, retain, unlearn, tok.pad_token_id, logger=logger, desc="unlearn")
-    timings["train_s"] = time.perf_counter() - t
-    if cfg.save_model:
-        model.save_pretrained(out_dir / "model")
-        tok.save_pretrained(out_dir / "model")
+    model = train(model, method, forget, retain, parts.unlearn, tok.pad_token_id, logger=ctx.logger, desc="unlearn")
+    ctx.timings["train_s"] = time.perf_counter() - t
+    return model
 
+
+def save_model(model, tok, folder: Path) -> None:
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+
+
+def evaluate_unlearned(ctx: RunContext, parts: Parts, model, tok, ref_result: dict | None) -> dict:
     t = time.perf_counter()
-    result = evaluate_all(ctx, evaluator, model, tok, data, ref_result)
-    timings["eval_s"] = time.perf_counter() - t
-    write_json(out_dir / "eval" / f"{evaluator.name}.json", result)
+    result = evaluate_all(ctx, parts.evaluator, model, tok, parts.data, ref_result)
+    ctx.timings["eval_s"] = time.perf_counter() - t
+    write_json(ctx.out_dir / "eval" / f"{parts.evaluator.name}.json", result)
+    return result
+
+
+def make_record(cfg, ctx, parts, result, baselines, stages, overrides, t_start) -> dict:
     metrics = result["aggregates"]
-    timings["total_s"] = time.perf_counter() - t_start
-    objective = metrics.get(str(cfg.objective)) if cfg.objective else None
-    record = {
-        "status": "ok", "method": choices.get("method", getattr(method, "name", "")), "dataset": data.name,
-        "model": spec.name, "overrides": list(overrides or []), "metrics": metrics, "baselines": baselines,
-        "objective": objective, "timings": timings, "stages": stages, "versions": versions(),
+    ctx.timings["total_s"] = time.perf_counter() - t_start
+    choices = dict(cfg.get("choices") or {})
+    return {
+        "status": "ok", "method": choices.get("method", getattr(parts.method, "name", "")),
+        "dataset": parts.data.name, "model": parts.spec.name, "overrides": list(overrides or []),
+        "metrics": metrics, "baselines": baselines,
+        "objective": metrics.get(str(cfg.objective)) if cfg.objective else None,
+        "timings": ctx.timings, "stages": stages, "versions": versions(),
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
-    write_json(out_dir / "results.json", record)
-    logger.summary(metrics)
-    logger.finish("ok")
-    return record
 
 
 def table(record: dict, columns: list[str] | None = None) -> str:
