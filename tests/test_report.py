@@ -68,7 +68,7 @@ def test_report_files(sweep):
     assert rows["5"]["pareto"] == "False"
 
     md = (sweep / "report.md").read_text()
-    assert "6 jobs: 4 ok, 1 failed, 1 missing" in md
+    assert "6 jobs: 4 ok, 0 diverged, 1 failed, 1 missing" in md
     assert "| 3 | failed | `method=npo trainer.lr=-1 model=tiny` | UserError: trainer.lr=-1 must be > 0 |" in md
     assert "| 4 | missing |" in md
     assert "| target | 0.01 | 0.62 |" in md

@@ -71,7 +71,6 @@ def test_whole_tiny_run_then_cached_stages(run_tiny, tmp_path):
     second = run_tiny("method=ga", out=tmp_path / "second")
     assert all(s["built"] is False for s in second["stages"].values())
     assert second["stages"]["target"]["path"] == first["stages"]["target"]["path"]
-    assert second["timings"]["stages_s"] < first["timings"]["stages_s"]
 
 
 def test_lora_run_saves_an_adapter(run_tiny, tmp_path):

@@ -67,7 +67,7 @@ def test_job_row_from_hydra_failure_and_missing_results(tmp_path):
     rows = finalize(tmp_path)
     assert [r["job"] for r in rows] == ["7", "8"]
     assert failed_jobs(tmp_path) == 1
-    assert json.loads((tmp_path / SUMMARY_JSON).read_text())["counts"] == {"ok": 1, "failed": 1, "missing": 0}
+    assert json.loads((tmp_path / SUMMARY_JSON).read_text())["counts"] == {"ok": 1, "diverged": 0, "failed": 1, "missing": 0}
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +137,7 @@ def test_report_from_sweep(tiny_sweep):
     assert out["params"] == ["method", "trainer.lr"]
     assert set(out["pareto"]) <= {"0", "1"} and out["pareto"]
     md = (sweep_dir / "report.md").read_text()
-    assert "4 jobs: 2 ok, 2 failed, 0 missing" in md and "| 2 | failed |" in md and "| 3 | failed |" in md
+    assert "4 jobs: 2 ok, 0 diverged, 2 failed, 0 missing" in md and "| 2 | failed |" in md and "| 3 | failed |" in md
     assert (sweep_dir / "plots" / "tradeoff.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (sweep_dir / "plots" / "param_trainer.lr.png").is_file()
 

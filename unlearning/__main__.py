@@ -23,7 +23,7 @@ def _job(cfg):
     from hydra.types import RunMode
     from omegaconf import OmegaConf, open_dict
 
-    from unlearning.errors import UserError
+    from unlearning.errors import Diverged, UserError
     from unlearning.results import write_json
     from unlearning.run import run, table
 
@@ -39,6 +39,12 @@ def _job(cfg):
         torch.set_num_threads(int(cfg.threads))
     try:
         record = run(cfg, out_dir, overrides)
+    except Diverged as e:  # results.json (status "diverged") is written already
+        if not multirun:
+            print(f"error: {e}", file=sys.stderr)
+            raise SystemExit(Diverged.exit_code) from None
+        log.error("job %s diverged: %s", hc.job.get("num", "?"), e)
+        return None
     except Exception as e:
         if not multirun and isinstance(e, UserError) and not os.environ.get("UNLEARNING_TRACEBACK"):
             # Hydra reports job exceptions with a traceback and exit 1; SystemExit passes through it to main().

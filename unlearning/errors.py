@@ -17,6 +17,17 @@ class UserError(Exception):
     exit_code = 2
 
 
+class Diverged(Exception):
+    """A loss term became NaN or inf: the run stops with status "diverged" (exit code 3)."""
+
+    exit_code = 3
+
+    def __init__(self, step: int, term: str, value: float):
+        self.step, self.term, self.value = step, term, value
+        super().__init__(f"training diverged at step {step}: loss term {term!r} is {value}; "
+                         "lower trainer.lr or the method's coefficients (results so far are kept)")
+
+
 def require(condition: bool, message: str) -> None:
     if not condition:
         raise UserError(message)

@@ -175,9 +175,10 @@ def _fmt(v) -> str:
 
 
 def markdown(sweep_dir: Path, rows, params, metrics, axes, front, plots, baselines) -> str:
-    n = {s: sum(r["status"] == s for r in rows) for s in ("ok", "failed", "missing")}
+    n = {s: sum(r["status"] == s for r in rows) for s in ("ok", "diverged", "failed", "missing")}
     lines = [f"# Sweep report: `{sweep_dir}`", "",
-             f"{len(rows)} jobs: {n['ok']} ok, {n['failed']} failed, {n['missing']} missing (no results.json).", ""]
+             f"{len(rows)} jobs: {n['ok']} ok, {n['diverged']} diverged, {n['failed']} failed, "
+             f"{n['missing']} missing (no results.json).", ""]
     if params:
         lines += [f"Swept: {', '.join(f'`{p}`' for p in params)}.", ""]
     if axes:

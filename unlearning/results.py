@@ -1,10 +1,11 @@
-"""Result files: atomic JSON writes and the run's record (versions, timings)."""
+"""Result files: atomic JSON writes and the run's record (versions, provenance, timings)."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
+import subprocess
 import tempfile
 from importlib import metadata
 from pathlib import Path
@@ -51,3 +52,31 @@ def versions() -> dict:
         except metadata.PackageNotFoundError:
             out[pkg] = None
     return out
+
+
+def git_state(where: str | Path | None = None) -> dict | None:
+    """The commit (and whether the tree had uncommitted changes) of the checkout the code runs from; None outside git."""
+    where = Path(where or Path(__file__).resolve().parent)
+    try:
+        def git(*args):
+            return subprocess.run(["git", *args], cwd=where, capture_output=True, text=True, timeout=10, check=True).stdout
+
+        commit = git("rev-parse", "HEAD").strip()
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no").strip())
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"commit": commit, "dirty": dirty}
+
+
+def provenance(cfg, device: str) -> dict:
+    """What determines the numbers besides the config: threads, device, precisions, code version."""
+    import torch
+
+    return {
+        "torch_threads": torch.get_num_threads(), "device": device,
+        "cuda": torch.cuda.get_device_name(0) if device == "cuda" else None,
+        "model_dtype": str(cfg.model.get("dtype", "float32")),
+        "train_bf16_autocast": bool(cfg.trainer.get("bf16", False)),
+        "generation_bf16": bool(cfg.generation.get("bf16", False)),
+        "git": git_state(),
+    }

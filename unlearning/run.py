@@ -14,9 +14,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from unlearning.data.base import encode
-from unlearning.errors import UserError
+from unlearning.errors import Diverged, UserError
 from unlearning.models import cache_root, load_folder
-from unlearning.results import versions, write_json
+from unlearning.results import provenance, versions, write_json
 from unlearning.stages import ensure_stage
 from unlearning.train import TrainSettings, train
 
@@ -105,6 +105,7 @@ def run(cfg: DictConfig, out_dir: str | Path, overrides: list[str] | None = None
                      max_length=int(cfg.max_length), generation=cfg.generation, data_dir=cfg.get("data_dir"))
     parts = compose(cfg)                                           # every component built from its config group
     ctx.logger = start_logger(cfg, out_dir, parts)
+    baselines, stages = {}, {}
     try:
         parts.data = for_tokenizer(cfg, ctx, parts)                # raw-text corpora chunk once a tokenizer exists
         target, reference, stages = build_stages(cfg, ctx, parts)  # fine-tuned target, retain reference (cached)
@@ -116,6 +117,12 @@ def run(cfg: DictConfig, out_dir: str | Path, overrides: list[str] | None = None
         result = evaluate_unlearned(ctx, parts, model, tok, ref_result)
         record = make_record(cfg, ctx, parts, result, baselines, stages, overrides, t_start)
         write_json(out_dir / "results.json", record)
+    except Diverged as e:  # a result, not a crash: recorded as such, and a sweep goes on
+        record = make_record(cfg, ctx, parts, {"aggregates": {}}, baselines, stages, overrides, t_start)
+        record.update(status="diverged", error=str(e), diverged={"step": e.step, "term": e.term, "value": e.value})
+        write_json(out_dir / "results.json", record)
+        ctx.logger.finish("diverged")
+        raise
     except BaseException:
         ctx.logger.finish("failed")
         raise
@@ -234,7 +241,7 @@ def make_record(cfg, ctx, parts, result, baselines, stages, overrides, t_start) 
         "dataset": parts.data.name, "model": parts.spec.name, "overrides": list(overrides or []),
         "metrics": metrics, "baselines": baselines,
         "objective": metrics.get(str(cfg.objective)) if cfg.objective else None,
-        "timings": ctx.timings, "stages": stages, "versions": versions(),
+        "timings": ctx.timings, "stages": stages, "versions": versions(), "provenance": provenance(cfg, ctx.device),
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
 

@@ -151,7 +151,7 @@ def to_csv(rows: list[dict], extra: list[str] = ()) -> str:
 def write_summary(sweep_dir: str | Path, rows: list[dict]) -> None:
     sweep_dir = Path(sweep_dir)
     rows = sorted(rows, key=lambda r: _job_key(r["job"]))
-    counts = {s: sum(r["status"] == s for r in rows) for s in ("ok", "failed", "missing")}
+    counts = {s: sum(r["status"] == s for r in rows) for s in ("ok", "diverged", "failed", "missing")}
     doc = {"sweep_dir": str(sweep_dir), "updated": time.strftime("%Y-%m-%dT%H:%M:%S"), "counts": counts, "jobs": rows}
     atomic_write(sweep_dir / SUMMARY_JSON, json.dumps(doc, indent=2, default=str))
     atomic_write(sweep_dir / SUMMARY_CSV, to_csv(rows))

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from unlearning.data.base import collate
-from unlearning.errors import UserError
+from unlearning.errors import Diverged, UserError
 from unlearning.eval.engine import precision
 
 log = logging.getLogger(__name__)
@@ -126,6 +126,7 @@ def train(model, method, forget: list[dict], retain: list[dict] | None, settings
                 batch["retain"] = _to(collate(retain_rng.sample(retain, min(retain_bs, len(retain))), pad_id), model)
             with precision(model, settings.bf16):
                 loss, logs = method.loss(model, batch)
+            check_finite(step + 1, {"loss": loss.item(), **logs})
             (loss / settings.grad_accum).backward()
             logs_acc["loss"] = logs_acc.get("loss", 0.0) + loss.item() / settings.grad_accum
             for k, v in logs.items():
@@ -143,6 +144,14 @@ def train(model, method, forget: list[dict], retain: list[dict] | None, settings
     model.eval()
     log.info("%s: %d steps in %.1f s", desc, total, time.perf_counter() - t0)
     return model
+
+
+def check_finite(step: int, terms: dict) -> None:
+    """Stop before a NaN/inf loss term reaches the weights (the total first, then the term that caused it)."""
+    bad = [(k, float(v)) for k, v in terms.items() if not math.isfinite(float(v))]
+    if bad:
+        term, value = next(((k, v) for k, v in bad if k != "loss"), bad[0])
+        raise Diverged(step, term, value)
 
 
 def _to(batch: dict, model) -> dict:
