@@ -6,9 +6,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra.utils import instantiate
-
 from conftest import CONF_DIR, ROOT, compose
+from hydra.utils import instantiate
 
 GROUPS = ["model", "dataset", "method", "evaluator", "trainer", "generation", "logger", "experiment"]
 

@@ -24,11 +24,11 @@ def test_chat_formatting_uses_chatml_template(smol_tok):
 def test_loss_only_on_answer_and_eos(smol_tok):
     ex = chat("Who wrote it?", "Basil wrote it.")
     item = encode(smol_tok, ex)
-    labelled = [t for t, l in zip(item["input_ids"], item["labels"]) if l != IGNORE]
+    labelled = [t for t, lab in zip(item["input_ids"], item["labels"]) if lab != IGNORE]
     assert smol_tok.decode(labelled) == "Basil wrote it.<|im_end|>"
     assert labelled[-1] == smol_tok.eos_token_id
     first = item["labels"].index(labelled[0])
-    assert all(l == IGNORE for l in item["labels"][:first])
+    assert all(lab == IGNORE for lab in item["labels"][:first])
 
 
 def test_raw_text_labels_every_token_but_the_first(smol_tok):
@@ -41,7 +41,7 @@ def test_truncation_keeps_prompt_and_cuts_answer(smol_tok):
     ex = chat("Q?", "word " * 200)
     item = encode(smol_tok, ex, max_length=40)
     assert len(item["input_ids"]) == 40
-    assert sum(l != IGNORE for l in item["labels"]) == 40 - item["labels"].count(IGNORE)
+    assert sum(lab != IGNORE for lab in item["labels"]) == 40 - item["labels"].count(IGNORE)
 
 
 def test_collate_pads_ids_labels_and_extra_fields():

@@ -9,23 +9,23 @@ import copy
 
 import pytest
 import torch
-
 from test_methods import FORGET, items, tiny  # noqa: F401 (tiny is a fixture)
+
 from unlearning.bench.methods import StepClock, build_method, parse_args
 from unlearning.data.base import collate
 from unlearning.methods.npo import NPO
 
 
 def test_spec_overrides_reach_the_method():
-    m = build_method("npo:alpha=0:beta=0.5")
-    assert isinstance(m, NPO) and m.alpha == 0.0 and m.beta == 0.5 and not m.needs_retain
+    m = build_method("npo:retain_weight=0:beta=0.5")
+    assert isinstance(m, NPO) and m.retain_weight == 0.0 and m.beta == 0.5 and not m.needs_retain
 
 
-def test_live_reference_npo_matches_cached_npo(tiny):
+def test_live_reference_npo_matches_cached_npo(tiny):  # noqa: F811 (the imported fixture)
     model, tok = tiny
     model = copy.deepcopy(model)
-    cached = build_method("npo:alpha=0")
-    live = build_method("npo_live_ref:alpha=0")
+    cached = build_method("npo:retain_weight=0")
+    live = build_method("npo_live_ref:retain_weight=0")
     batch_items = cached.prepare(model, tok, items(tok, FORGET), None, None)
     live.prepare(model, tok, items(tok, FORGET), None, None)
     with torch.no_grad():  # perturb the policy so the log-ratio is not zero

@@ -106,7 +106,7 @@ def test_graddiff_is_minus_forget_nll_plus_alpha_retain_nll(tiny):
     batch = {"forget": collate(items(tok, FORGET[:2]), tok.pad_token_id),
              "retain": collate(items(tok, RETAIN[:2]), tok.pad_token_id)}
     with torch.no_grad():
-        loss, logs = GradDiff(gamma=2.0, alpha=0.5).loss(model, batch)
+        loss, logs = GradDiff(forget_weight=2.0, retain_weight=0.5).loss(model, batch)
         expected = -2.0 * nll(model, batch["forget"]) + 0.5 * nll(model, batch["retain"])
     assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
     assert set(logs) == {"forget_nll", "retain_nll"}
@@ -117,7 +117,7 @@ def test_graddiff_is_minus_forget_nll_plus_alpha_retain_nll(tiny):
 def test_cached_reference_equals_live_reference(tiny):
     model, tok = fresh(tiny)
     live = copy.deepcopy(model).eval()
-    method = NPO(alpha=0.0)
+    method = NPO(retain_weight=0.0)
     trained, forget = run_steps(model, tok, method, steps=2)
     batch = collate(forget, tok.pad_token_id)
     with torch.no_grad():
@@ -160,15 +160,15 @@ def test_one_ga_step_raises_forget_nll(tiny):
 
 def test_one_npo_step_lowers_forget_logp(tiny):
     model, tok = fresh(tiny)
-    model, forget = run_steps(model, tok, NPO(alpha=0.0), steps=1, lr=1e-3, batch_size=4)
+    model, forget = run_steps(model, tok, NPO(retain_weight=0.0), steps=1, lr=1e-3, batch_size=4)
     batch = collate(forget, tok.pad_token_id)
     with torch.no_grad():
         lp, _ = sequence_logp(model.eval(), batch)
     assert (lp < batch["ref_logp"]).all()
 
 
-@pytest.mark.parametrize("method", [GradDiff(gamma=0.0, alpha=1.0), NPO(gamma=0.0, alpha=1.0),
-                                    SimNPO(gamma=0.0, alpha=1.0)], ids=["graddiff", "npo", "simnpo"])
+@pytest.mark.parametrize("method", [GradDiff(forget_weight=0.0, retain_weight=1.0), NPO(forget_weight=0.0, retain_weight=1.0),
+                                    SimNPO(forget_weight=0.0, retain_weight=1.0)], ids=["graddiff", "npo", "simnpo"])
 def test_retain_term_lowers_retain_nll(tiny, method):
     model, tok = fresh(tiny)
     before = forget_nll(model, tok, RETAIN)
@@ -180,7 +180,7 @@ def test_retain_term_lowers_retain_nll(tiny, method):
 
 def all_methods():
     return {"ga": GradientAscent(), "graddiff": GradDiff(), "graddiff_kl": GradDiff(retain_loss="kl"),
-            "npo": NPO(), "simnpo": SimNPO(), "idk_dpo": IdkDPO(refusals=REFUSALS), "rmu": RMU(alpha=10.0)}
+            "npo": NPO(), "simnpo": SimNPO(), "idk_dpo": IdkDPO(refusals=REFUSALS), "rmu": RMU(retain_weight=10.0)}
 
 
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
@@ -249,8 +249,8 @@ def test_non_positive_beta(cls, beta):
 @pytest.mark.parametrize("cls", [GradDiff, NPO, SimNPO, RMU])
 def test_retain_needed_only_when_alpha_positive(cls):
     with pytest.raises(UserError, match="needs a retain set"):
-        cls(alpha=1.0).check(has_retain=False)
-    cls(alpha=0.0).check(has_retain=False)  # alpha=0: no retain term, no error
+        cls(retain_weight=1.0).check(has_retain=False)
+    cls(retain_weight=0.0).check(has_retain=False)  # retain_weight=0: no retain term, no error
 
 
 def test_rmu_layer_out_of_range(tiny):
@@ -302,5 +302,5 @@ def test_negative_coefficient_is_one_clear_line(target):
     from unlearning.errors import UserError
 
     module, cls = target.rsplit(".", 1)
-    with pytest.raises(UserError, match=r"method.alpha=-1 must be >= 0 for method=\w+"):
-        getattr(importlib.import_module(module), cls)(alpha=-1)
+    with pytest.raises(UserError, match=r"method.retain_weight=-1 must be >= 0 for method=\w+"):
+        getattr(importlib.import_module(module), cls)(retain_weight=-1)

@@ -51,7 +51,7 @@ def test_odds_ratio_term_by_hand():
 
 def test_loss_matches_independent_computation(tiny):
     model, tok = tiny
-    m = ORPO(beta=0.1)
+    m = ORPO(odds_ratio_weight=0.1)
     forget = m.prepare(model, tok, items(tok, examples()), None, None)
     batch = collate(forget[:3], tok.pad_token_id)
     loss, logs = m.loss(model, {"forget": batch})
@@ -68,7 +68,7 @@ def test_training_moves_odds_towards_chosen(tiny):
     model, tok = tiny
     model = type(model)(model.config)
     model.load_state_dict(tiny[0].state_dict())
-    m = ORPO(beta=0.1)
+    m = ORPO(odds_ratio_weight=0.1)
     forget = m.prepare(model, tok, items(tok, examples()), None, None)
     batch = collate(forget, tok.pad_token_id)
     with torch.no_grad():
@@ -101,7 +101,7 @@ def test_paper_presets_compose_to_the_paper_settings():
     assert (t.lr, t.epochs, t.batch_size, t.scheduler, t.scheduler_kwargs.min_lr_rate) == (1e-4, 3, 2, "cosine_with_min_lr", 0.1)
     assert (t.lora.enabled, t.lora.r, t.lora.alpha, t.lora.dropout, t.lora.target_modules) == (True, 16, 32, 0.01, "all-linear")
     m = instantiate(cfg.method)
-    assert isinstance(m, ORPOCFG) and m.cfg_aware and m.beta == 0.1
+    assert isinstance(m, ORPOCFG) and m.cfg_aware and m.odds_ratio_weight == 0.1
     assert m.positive_prompt == cfg.generation.guidance.positive_prompt
     assert m.negative_prompt == cfg.generation.guidance.negative_prompt
     TrainSettings.from_cfg(cfg.trainer)  # the preset's trainer keys are all known
@@ -122,7 +122,7 @@ def test_prepare_without_pairs_is_one_clear_line(tiny):
     assert "\n" not in str(e.value)
 
 
-@pytest.mark.parametrize("kwargs, key", [({"beta": 0}, "method.beta"), ({"betta": 0.1}, "betta"),
+@pytest.mark.parametrize("kwargs, key", [({"odds_ratio_weight": 0}, "method.odds_ratio_weight"), ({"beta": 0.1}, "beta"),
                                          ({"positive_prompt": "a", "negative_prompt": "a"}, "method.negative_prompt")])
 def test_bad_options(kwargs, key):
     with pytest.raises(UserError, match=key):
@@ -140,7 +140,7 @@ def test_cfg_aware_prepare_doubles_pairs_with_swapped_roles(tiny):
     leak = tok(exs[0].meta["rejected"], add_special_tokens=False)["input_ids"]
 
     def answer(ids, labels):
-        return [t for t, l in zip(ids, labels) if l != -100][:-1]   # minus EOS
+        return [t for t, lab in zip(ids, labels) if lab != -100][:-1]   # minus EOS
 
     pos, neg = out[0], out[1]
     assert answer(pos["chosen_input_ids"], pos["chosen_labels"]) == safe

@@ -12,7 +12,7 @@ from hydra.utils import instantiate
 
 from unlearning.data.pii import generate, load_synthetic_pii
 from unlearning.errors import UserError
-from unlearning.eval.pii_detector import PiiDetector
+from unlearning.pii_detector import PiiDetector
 
 CONF = str(Path(__file__).resolve().parent.parent / "conf")
 SMALL = dict(people=3, dialogues_per_person=2, heldout_per_person=1, pii_free_train=6, pii_free_heldout=4)
@@ -52,7 +52,8 @@ def test_splits_are_by_dialogue_and_held_out_templates_differ_per_person():
         tr = {d["template"] for d in data["train"] if d["person"] == p["id"]}
         ho = {d["template"] for d in data["heldout"] if d["person"] == p["id"]}
         assert len(ho) == 1 and tr.isdisjoint(ho)
-    questions = lambda split: {d["turns"][0]["user"] for d in data[split]}
+    def questions(split):
+        return {d["turns"][0]["user"] for d in data[split]}
     assert questions("pii_free_train").isdisjoint(questions("pii_free_heldout"))
 
 

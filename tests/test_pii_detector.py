@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from unlearning.errors import UserError
-from unlearning.eval.pii_detector import PiiDetector, contains_value, iban_valid, luhn_valid, norm_text
+from unlearning.pii_detector import PiiDetector, contains_value, iban_valid, luhn_valid, norm_text
 
 PERSON = {"id": "p000", "first": "Ann", "last": "Lee", "name": "Ann Lee", "email": "ann.lee@mail.org",
           "phone": "555.201.3344", "address": "12 Oak St, Springfield, IL 62701", "dob": "March 05, 1980",

@@ -10,8 +10,8 @@ from omegaconf import OmegaConf
 from unlearning.data.pii import load_synthetic_pii
 from unlearning.errors import UserError
 from unlearning.eval.pii import PiiEvaluator, build_prompts, degenerate, leakage_aggregates, partial_leak
-from unlearning.eval.pii_detector import contains_value
 from unlearning.models import TinyLlama
+from unlearning.pii_detector import contains_value
 
 ANN = {"first": "Ann", "last": "Lee", "name": "Ann Lee"}
 
@@ -44,8 +44,9 @@ def test_degenerate(text, expected):
 
 
 def test_aggregates_by_hand():
-    rec = lambda kind, typ, seen, leaked, partial, n, deg=False: dict(
-        kind=kind, type=typ, seen=seen, leaked=leaked, partial=partial, detected=[{}] * n, degenerate=deg)
+    def rec(kind, typ, seen, leaked, partial, n, deg=False):
+        return dict(
+            kind=kind, type=typ, seen=seen, leaked=leaked, partial=partial, detected=[{}] * n, degenerate=deg)
     records = [rec("direct", "phone", True, True, True, 2), rec("direct", "email", False, False, True, 1),
                rec("continuation", "phone", False, False, False, 0, True), rec("completion", "phone", True, True, True, 1)]
     agg = leakage_aggregates(records)
@@ -69,7 +70,7 @@ def small(tmp_path_factory):
 
 
 def test_prompts_prefill_the_prefix_and_guidance_swaps_system_prompts(small):
-    from unlearning.guidance import Guidance
+    from unlearning.generation import Guidance
 
     data, _, tok = small
     msgs = [[{"role": "user", "content": "Tell me about Ann Lee."}]]

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from hydra import compose, initialize_config_dir
 
 from unlearning.errors import UserError

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from conftest import TINY, compose
+
 from unlearning.run import run
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,7 +56,7 @@ def test_pii_generation_target_and_orpo_twice_give_identical_metrics(tmp_path):
 def test_results_record_what_determines_the_numbers(run_tiny, tmp_path):
     import torch
 
-    rec = run_tiny("save_model=false", "stage.evaluate_baselines=false", out=tmp_path / "prov")
+    rec = run_tiny("save_model=false", "stage.evaluate_target=false", out=tmp_path / "prov")
     prov = json.loads((tmp_path / "prov" / "results.json").read_text())["provenance"]
     assert prov["torch_threads"] == torch.get_num_threads() and prov["device"] == "cpu"
     assert prov["model_dtype"] == "float32" and prov["train_bf16_autocast"] is False

@@ -5,8 +5,8 @@ import json
 import torch
 
 from unlearning.data.base import chat, collate, encode
-from unlearning.methods.ga import GradientAscent
 from unlearning.methods.base import nll
+from unlearning.methods.ga import GradientAscent
 from unlearning.models import TinyLlama
 from unlearning.stages import key_hash, stage_key
 from unlearning.train import TrainSettings
@@ -74,7 +74,7 @@ def test_whole_tiny_run_then_cached_stages(run_tiny, tmp_path):
 
 
 def test_lora_run_saves_an_adapter(run_tiny, tmp_path):
-    rec = run_tiny("trainer.lora.enabled=true", "trainer.lora.r=4", "stage.evaluate_baselines=false",
+    rec = run_tiny("trainer.lora.enabled=true", "trainer.lora.r=4", "stage.evaluate_target=false",
                    out=tmp_path / "lora")
     assert rec["status"] == "ok"
     assert (tmp_path / "lora" / "model" / "adapter_config.json").exists()
@@ -82,7 +82,7 @@ def test_lora_run_saves_an_adapter(run_tiny, tmp_path):
 
 def test_guidance_scales_and_subtraction_in_one_run(run_tiny, tmp_path):
     rec = run_tiny("generation.eval_scales=[2,{scale:2,mode:prob}]", "subtraction.enabled=true",
-                   "stage.evaluate_baselines=false", "save_model=false", out=tmp_path / "cfg")
+                   "stage.evaluate_target=false", "save_model=false", out=tmp_path / "cfg")
     m = rec["metrics"]
     assert "forget_Q_A_ROUGE@cfg2" in m and "forget_Q_A_ROUGE@cfg2_prob" in m
     # likelihood metrics do not depend on decoding; generations do get their own per-item records

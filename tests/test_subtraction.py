@@ -70,7 +70,7 @@ def test_different_architecture_is_one_clear_line(folders):
 @pytest.mark.parametrize("alpha", [0, -1, float("nan"), "x"])
 def test_bad_alpha(folders, alpha):
     tmp, _, target = folders
-    with pytest.raises(UserError, match="subtraction.alpha"):
+    with pytest.raises(UserError, match="subtraction.scale"):
         subtract(target, tmp / "base", alpha=alpha)
 
 

@@ -72,7 +72,10 @@ def test_job_row_from_hydra_failure_and_missing_results(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_sweep(tmp_path_factory):
-    """Four jobs, two joblib workers: lr=-1 makes two jobs fail with a UserError."""
+    """Four jobs, two joblib workers: lr=1e30 makes two jobs diverge (a NaN loss at step 3).
+
+    (lr=-1 would be refused before the sweep starts: every job of a -m launch is validated first,
+    tests/test_validate.py.)"""
     tmp = tmp_path_factory.mktemp("sweep")
     home = tmp / "home"
     home.mkdir()
@@ -80,7 +83,8 @@ def tiny_sweep(tmp_path_factory):
     env.update(HOME=str(home), HF_HUB_OFFLINE="1", UNLEARNING_DATA_DIR=str(DATA),
                UNLEARNING_CACHE=str(tmp / "cache"), TOKENIZERS_PARALLELISM="false")
     sweep_dir = tmp / "sweep"
-    cmd = [sys.executable, "-m", "unlearning", "-m", "trainer.lr=1e-4,-1", "method=ga,npo", *TINY,
+    cmd = [sys.executable, "-m", "unlearning", "-m", "trainer.lr=1e-4,1e30", "method=ga,npo", *TINY, "trainer.max_steps=3",
+           "trainer.max_grad_norm=0",
            "logger=wandb", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={sweep_dir}"]
     proc = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=900)
     return proc, sweep_dir, tmp / "cache"
@@ -88,19 +92,19 @@ def tiny_sweep(tmp_path_factory):
 
 def test_sweep_summary_and_exit_code(tiny_sweep):
     proc, sweep_dir, _ = tiny_sweep
-    assert proc.returncode == 2, proc.stderr[-3000:]  # two failed jobs
+    assert proc.returncode == 2, proc.stderr[-3000:]  # two jobs did not end ok
     rows = {r["job"]: r for r in load_summary(sweep_dir)}
     assert set(rows) == {"0", "1", "2", "3"}
-    assert [rows[j]["status"] for j in "0123"] == ["ok", "ok", "failed", "failed"]
+    assert [rows[j]["status"] for j in "0123"] == ["ok", "ok", "diverged", "diverged"]
     assert [rows[j]["method"] for j in "0123"] == ["ga", "npo", "ga", "npo"]
     for j in "23":
-        assert "trainer.lr=-1" in rows[j]["overrides"] and "must be > 0" in rows[j]["error"]
+        assert "trainer.lr=1e+30" in rows[j]["overrides"] and "diverged at step" in rows[j]["error"]
     for j in "01":
         assert rows[j]["wall_s"] > 0 and 0 <= rows[j]["metrics"]["forget_quality"] <= 1
         assert rows[j]["objective"] == rows[j]["metrics"]["forget_quality"]
     with open(sweep_dir / "summary.csv", newline="") as f:
         csv_rows = list(csv.DictReader(f))
-    assert [r["status"] for r in csv_rows] == ["ok", "ok", "failed", "failed"]
+    assert [r["status"] for r in csv_rows] == ["ok", "ok", "diverged", "diverged"]
     assert float(csv_rows[1]["forget_quality"]) == rows["1"]["metrics"]["forget_quality"]
     assert failed_jobs(sweep_dir) == 2
 
@@ -124,7 +128,7 @@ def test_sweep_wandb_offline_runs(tiny_sweep):
         assert set(rec["run"]["tags"]) >= {method, "tiny"}
         assert rec["config"]["trainer"]["lr"] == 1e-4
         steps = [h for h in rec["history"] if "unlearn/loss" in h]
-        assert [h["unlearn/step"] for h in steps] == [1, 2] and all("unlearn/lr" in h for h in steps)
+        assert [h["unlearn/step"] for h in steps] == [1, 2, 3] and all("unlearn/lr" in h for h in steps)
         results = json.loads((sweep_dir / j / "results.json").read_text())
         assert rec["summary"]["forget_quality"] == pytest.approx(results["metrics"]["forget_quality"])
         assert rec["exit_code"] == 0
@@ -137,7 +141,7 @@ def test_report_from_sweep(tiny_sweep):
     assert out["params"] == ["method", "trainer.lr"]
     assert set(out["pareto"]) <= {"0", "1"} and out["pareto"]
     md = (sweep_dir / "report.md").read_text()
-    assert "4 jobs: 2 ok, 0 diverged, 2 failed, 0 missing" in md and "| 2 | failed |" in md and "| 3 | failed |" in md
+    assert "4 jobs: 2 ok, 2 diverged, 0 failed, 0 missing" in md and "| 2 | diverged |" in md and "| 3 | diverged |" in md
     assert (sweep_dir / "plots" / "tradeoff.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (sweep_dir / "plots" / "param_trainer.lr.png").is_file()
 
@@ -159,23 +163,26 @@ def test_presets_compose():
 
 
 def test_optuna_sweep_with_a_failed_trial(tiny_sweep, tmp_path):
-    """Three Optuna trials over NPO's beta; lr=-1 fails a trial, the search goes on, exit code = 1."""
+    """Three Optuna trials over NPO's beta; lr=1e30 diverges a trial, the search goes on, exit code = 1.
+
+    (lr=-1 would be refused before the sweep starts: every job of a -m launch is validated first.)"""
     _, _, cache = tiny_sweep
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
     # One torch thread: on a shared small CPU, two spinning OpenMP threads per job are many times slower.
     env.update(HF_HUB_OFFLINE="1", UNLEARNING_DATA_DIR=str(DATA), UNLEARNING_CACHE=str(cache), OMP_NUM_THREADS="1")
     sweep_dir = tmp_path / "optuna"
     cmd = [sys.executable, "-m", "unlearning", "-m", "experiment=optuna_npo", "hydra.sweeper.n_trials=3",
-           "hydra.sweeper.n_jobs=1", "trainer.lr=choice(-1,0.0001)", *TINY, f"hydra.sweep.dir={sweep_dir}"]
+           "hydra.sweeper.n_jobs=1", "trainer.lr=choice(1e30,0.0001)", *TINY, "trainer.max_grad_norm=0",
+           "trainer.max_steps=6", f"hydra.sweep.dir={sweep_dir}"]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     rows = load_summary(sweep_dir)
     assert len(rows) == 3 and {r["method"] for r in rows} == {"npo"}
-    failed = [r for r in rows if r["status"] == "failed"]
-    assert len(failed) >= 1 and proc.returncode == len(failed), proc.stderr[-3000:]  # seed 0: trial 1 draws lr=-1
+    failed = [r for r in rows if r["status"] != "ok"]
+    assert len(failed) >= 1 and proc.returncode == len(failed), proc.stderr[-3000:]  # seed 0: a trial draws lr=1e30
     for r in rows:
         ov = dict(o.split("=", 1) for o in r["overrides"])
-        assert ov["trainer.lr"] in ("-1", "0.0001") and 0.01 <= float(ov["method.beta"]) <= 1.0
-        assert (r["status"] == "failed") == (ov["trainer.lr"] == "-1")
+        assert float(ov["trainer.lr"]) in (1e30, 0.0001) and 0.01 <= float(ov["method.beta"]) <= 1.0
+        assert (r["status"] == "diverged") == (float(ov["trainer.lr"]) == 1e30)
     from omegaconf import OmegaConf
 
     best = OmegaConf.load(sweep_dir / "optimization_results.yaml")

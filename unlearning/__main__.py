@@ -1,5 +1,6 @@
 """`unlearning` / `python -m unlearning`: the Hydra entrypoint.
 
+`unlearning --check <overrides>` (with or without -m) validates every job and runs none.
 Bad input ends with one line on stderr (what, where, how to fix) and exit code 2;
 set UNLEARNING_TRACEBACK=1 for the full traceback. In a multirun (-m), a failing job
 is recorded (results.json with status "failed") and the other jobs go on; the sweep's
@@ -69,13 +70,27 @@ def _job(cfg):
 
 
 def main() -> int:
-    from unlearning.cli_checks import check_overrides
+    from unlearning.cli_checks import check_output_dir, check_overrides, validate_jobs
     from unlearning.errors import UserError
 
     args = sys.argv[1:]
+    check_only = "--check" in args
+    args = [a for a in args if a != "--check"]
+    sys.argv = [sys.argv[0], *args]
+    info = any(a in ("--help", "-h", "--hydra-help", "--info", "--cfg", "-c", "--shell-completion", "-sc") for a in args)
+    sweeping = "-m" in args or "--multirun" in args
     try:
         check_overrides(args, CONF_DIR)
+        if not info and not check_only:
+            check_output_dir(args)
+        if check_only or (sweeping and not info):  # a single run validates itself first thing (run.validate)
+            n = validate_jobs(args, CONF_DIR)
+            if check_only:
+                print(f"ok: {n} job{'s' if n != 1 else ''} valid (nothing was run)")
+                return 0
     except UserError as e:
+        if os.environ.get("UNLEARNING_TRACEBACK"):
+            traceback.print_exc()
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -2,6 +2,9 @@
 
 Unknown group options (`method=nope`) and keys that are not in the composed config
 (`trainer.lrr=1`) are caught here by composing the config with Hydra's compose API.
+`validate_jobs` then runs the validation phase (`unlearning/validate.py`) on every job of a
+launch, so a sweep with one bad point fails before its first job starts (`unlearning --check`
+does only this).
 """
 
 from __future__ import annotations
@@ -10,9 +13,8 @@ from pathlib import Path
 
 from unlearning.errors import UserError
 
-_FLAGS = {"-m", "--multirun", "--cfg", "-c", "--help", "-h", "--hydra-help", "--info", "--resolve",
-          "--package", "-p", "--version", "--shell-completion", "-sc", "--config-path", "-cp",
-          "--config-name", "-cn", "--config-dir", "-cd", "--experimental-rerun"}
+_TAKES_VALUE = ("--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd",
+                "--experimental-rerun")
 
 
 def _groups(conf_dir: str) -> dict[str, list[str]]:
@@ -29,19 +31,7 @@ def _groups(conf_dir: str) -> dict[str, list[str]]:
 def check_overrides(args: list[str], conf_dir: str) -> None:
     if any(a in ("--help", "-h", "--hydra-help", "--info", "--shell-completion", "-sc") for a in args):
         return
-    overrides = []
-    skip_next = False
-    for a in args:
-        if skip_next:
-            skip_next = False
-            continue
-        if a in ("--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
-                 "--config-dir", "-cd", "--experimental-rerun"):
-            skip_next = a not in ()
-            continue
-        if a in _FLAGS or a.startswith("-"):
-            continue
-        overrides.append(a)
+    overrides, _ = _plain_overrides(args)
     groups = _groups(conf_dir)
     for o in overrides:
         if "=" not in o:
@@ -82,3 +72,81 @@ def _compose(conf_dir: str, overrides: list[str]) -> None:
         raise UserError(f"bad override: {msg} (see `unlearning --cfg job` for the composed config)") from None
     finally:
         GlobalHydra.instance().clear()
+
+
+def job_overrides(overrides: list[str], sweeping: bool) -> list[list[str]]:
+    """The override list of every job a launch would run (Hydra's basic-sweeper expansion of a,b and range())."""
+    if not sweeping:
+        return [overrides]
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    if any(o.is_sweep_override() and not o.is_discrete_sweep() for o in parsed):
+        # interval()/tag() searches (Optuna) have no job list before they run: check their first values
+        return [[o.split("=", 1)[0] + "=" + _first(o.split("=", 1)[1]) for o in overrides]]
+    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+
+
+def validate_jobs(args: list[str], conf_dir: str) -> int:
+    """Validate every job of this launch (no weights loaded, nothing trained); returns the number of jobs."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import open_dict
+
+    from unlearning.validate import validate
+
+    overrides, sweeping = _plain_overrides(args)
+    jobs = job_overrides([o for o in overrides if not o.split("=", 1)[0].lstrip("+~").startswith("hydra")], sweeping)
+    for n, job in enumerate(jobs):
+        GlobalHydra.instance().clear()
+        try:
+            with initialize_config_dir(config_dir=conf_dir, version_base="1.3"):
+                cfg = compose(config_name="config", overrides=job, return_hydra_config=True)
+        except Exception as e:
+            lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+            raise UserError(f"job {n} ({' '.join(job)}): bad override: {'; '.join(lines[:2])}") from None
+        finally:
+            GlobalHydra.instance().clear()
+        with open_dict(cfg):
+            cfg.choices = {k: v for k, v in cfg.hydra.runtime.choices.items() if not k.startswith("hydra")}
+            del cfg["hydra"]
+        try:
+            validate(cfg)
+        except UserError as e:
+            raise UserError(f"job {n} ({' '.join(job) or 'defaults'}): {e}" if sweeping else str(e)) from None
+    return len(jobs)
+
+
+def _plain_overrides(args: list[str]) -> tuple[list[str], bool]:
+    out, skip_next = [], False
+    for a in args:
+        if skip_next:
+            skip_next = False
+            continue
+        if a in _TAKES_VALUE:
+            skip_next = True
+            continue
+        if a.startswith("-"):
+            continue
+        out.append(a)
+    return out, any(a in ("-m", "--multirun") for a in args)
+
+
+def check_output_dir(args: list[str]) -> None:
+    """The run (or sweep) folder must be creatable; Hydra makes it before the job starts and would end in a traceback."""
+    import os
+
+    overrides, sweeping = _plain_overrides(args)
+    key = "hydra.sweep.dir" if sweeping else "hydra.run.dir"
+    given = [o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0] == key]
+    target = Path(given[-1] if given else "outputs").expanduser().absolute()
+    if "${" in str(target):  # an interpolated folder (e.g. ${now:...}): its fixed part is what can fail
+        target = Path(str(target).split("${", 1)[0]).parent
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        if not os.access(target, os.W_OK | os.X_OK):
+            raise PermissionError(13, "not writable")
+    except OSError as e:
+        raise UserError(f"cannot create the output folder {target}: {e.strerror or e}; choose another with "
+                        f"{key}=...") from None

@@ -28,6 +28,13 @@ class Diverged(Exception):
                          "lower trainer.lr or the method's coefficients (results so far are kept)")
 
 
+def reject_unknown(group: str, name: str, unknown, known) -> None:
+    """Constructors take `**unknown` so a misspelt YAML key is one clear line, not a TypeError or a silent no-op."""
+    if unknown:
+        raise UserError(f"unknown option(s) {sorted(unknown)} for {group}={name}; known: {sorted(known)} "
+                        f"(see conf/{group}/{name}.yaml)")
+
+
 def require(condition: bool, message: str) -> None:
     if not condition:
         raise UserError(message)

@@ -12,13 +12,14 @@ import os
 from pathlib import Path
 from urllib.parse import urlparse
 
-from unlearning.errors import UserError
+from unlearning.errors import UserError, reject_unknown
 
 log = logging.getLogger(__name__)
 
 
 class LocalLogger:
-    def __init__(self, **_):
+    def __init__(self, **unknown):
+        reject_unknown("logger", "none", unknown, [])
         self._file = None
 
     def start(self, run_dir: Path, cfg: dict | None = None, tags: dict | None = None) -> None:
@@ -56,13 +57,16 @@ def resolve_mode(mode: str | None) -> str:
     mode = (mode or "auto").lower()
     if mode not in MODES:
         raise UserError(f"logger.mode={mode!r} is not one of {list(MODES)}; set logger.mode=offline to log without a server")
-    if mode != "auto":
-        return mode
-    env = os.environ.get("WANDB_MODE", "").lower()
-    if env in ("online", "offline", "disabled"):
-        return env
-    # No key means online would stop at a login prompt; an offline run can be `wandb sync`ed later.
-    return "online" if has_api_key() else "offline"
+    where = "logger.mode=online"
+    if mode == "auto":
+        env = os.environ.get("WANDB_MODE", "").lower()
+        # No key means online would stop at a login prompt; an offline run can be `wandb sync`ed later.
+        mode = env if env in ("online", "offline", "disabled") else ("online" if has_api_key() else "offline")
+        where = "WANDB_MODE=online"
+    if mode == "online" and not has_api_key():
+        raise UserError(f"{where} needs W&B credentials (WANDB_API_KEY or `wandb login`), and none were found; "
+                        "log in, or set logger.mode=offline (then `wandb sync <run>/wandb/offline-run-*`)")
+    return mode
 
 
 def flatten(d: dict, prefix: str = "") -> dict:
@@ -103,7 +107,9 @@ class WandbLogger:
 
     def __init__(self, project: str | None = None, entity: str | None = None, mode: str | None = "auto",
                  group: str | None = None, name: str | None = None, dir: str | None = None,
-                 tags: list[str] | None = None, job_type: str = "unlearn", **_):
+                 tags: list[str] | None = None, job_type: str = "unlearn", **unknown):
+        reject_unknown("logger", "wandb", unknown, ["project", "entity", "mode", "group", "name", "dir", "tags",
+                                                    "job_type"])
         self.project = project or os.environ.get("WANDB_PROJECT") or "unlearning-lab"
         self.entity = entity or os.environ.get("WANDB_ENTITY") or None
         self.mode = resolve_mode(mode)

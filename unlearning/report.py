@@ -115,7 +115,8 @@ def plot_tradeoff(rows, forget: tuple[str, bool], utility: tuple[str, bool], bas
         b = baselines.get(name) or {}
         x, y = _num(b.get(fname)), _num(b.get(uname))
         if x is not None and y is not None:
-            ax.scatter([x], [y], marker=marker, s=120, color="black", label=f"{name} (before unlearning)" if name == "target" else "retain reference", zorder=4)
+            label = f"{name} (before unlearning)" if name == "target" else "retain reference"
+            ax.scatter([x], [y], marker=marker, s=120, color="black", label=label, zorder=4)
     ax.set_xlabel(f"{fname} ({'higher' if fhigh else 'lower'} is better)")
     ax.set_ylabel(f"{uname} ({'higher' if uhigh else 'lower'} is better)")
     ax.set_title("Forgetting vs utility per job")
@@ -223,7 +224,8 @@ def report(sweep_dir: str | Path, forget: str | None = None, utility: str | None
     """Write report.csv, report.md and plots/*.png into the sweep folder; returns what was written."""
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
-        raise UserError(f"sweep folder {sweep_dir} does not exist; give the folder of a multirun (hydra.sweep.dir, e.g. outputs/sweeps/<time>)")
+        raise UserError(f"sweep folder {sweep_dir} does not exist; give the folder of a multirun "
+                        "(hydra.sweep.dir, e.g. outputs/sweeps/<time>)")
     rows = collect(sweep_dir)
     if not rows:
         raise UserError(f"{sweep_dir} holds no job folders (no */results.json or */.hydra/); is it a sweep folder?")

@@ -27,21 +27,30 @@ def _clean(obj):
     return obj
 
 
-def write_json(path: str | Path, obj, indent: int = 2) -> Path:
-    """Write JSON atomically: a reader sees the old file or the whole new one, never half."""
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def atomic_write(path: str | Path, data: str | bytes) -> Path:
+    """Readers see the old file or the whole new one, never half (tmp in the same folder, then os.replace)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.fchmod(fd, 0o644)  # mkstemp makes 0600 files; results are meant to be read by others
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(_clean(obj), f, indent=indent)
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; results are for everyone who may read the folder
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
     return path
+
+
+def write_json(path: str | Path, obj, indent: int = 2) -> Path:
+    """Write JSON atomically (NaN/inf written as null)."""
+    return atomic_write(path, json.dumps(_clean(obj), indent=indent))
 
 
 def versions() -> dict:
@@ -72,11 +81,17 @@ def provenance(cfg, device: str) -> dict:
     """What determines the numbers besides the config: threads, device, precisions, code version."""
     import torch
 
+    from unlearning.precision import bf16_effective
+
+    kind = "cuda" if device == "cuda" else "cpu"
     return {
         "torch_threads": torch.get_num_threads(), "device": device,
         "cuda": torch.cuda.get_device_name(0) if device == "cuda" else None,
         "model_dtype": str(cfg.model.get("dtype", "float32")),
         "train_bf16_autocast": bool(cfg.trainer.get("bf16", False)),
         "generation_bf16": bool(cfg.generation.get("bf16", False)),
+        # a bf16 request runs in fp32 where bf16 is only emulated (unlearning/precision.py)
+        "bf16_effective": {"train": bf16_effective(bool(cfg.trainer.get("bf16", False)), kind),
+                           "generation": bf16_effective(bool(cfg.generation.get("bf16", False)), kind)},
         "git": git_state(),
     }

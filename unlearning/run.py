@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -10,15 +9,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from unlearning.data.base import encode
 from unlearning.errors import Diverged, UserError
+from unlearning.hashing import short_hash
 from unlearning.models import cache_root, load_folder
 from unlearning.results import provenance, versions, write_json
 from unlearning.stages import ensure_stage
-from unlearning.train import TrainSettings, train
+from unlearning.train import train
+from unlearning.validate import Parts, validate
 
 log = logging.getLogger("unlearning")
 
@@ -38,19 +38,6 @@ class RunContext:
     timings: dict = field(default_factory=dict)
 
 
-def build(node):
-    """Hydra `instantiate`, re-raising a target's UserError as itself (Hydra wraps it in InstantiationException,
-    which would turn one clear line into a traceback and exit code 1)."""
-    from hydra.errors import InstantiationException
-
-    try:
-        return instantiate(node, _convert_="all")
-    except InstantiationException as e:
-        if isinstance(e.__cause__, UserError):
-            raise e.__cause__ from None
-        raise
-
-
 def pick_device(name: str) -> str:
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -66,8 +53,7 @@ def cached_eval(ctx: RunContext, evaluator, model_path: Path, data, reference: d
     key = {"model": str(model_path), "evaluator": OmegaConf.to_container(ctx.cfg.evaluator, resolve=True),
            "generation": OmegaConf.to_container(ctx.cfg.generation, resolve=True), "data": data.name,
            "max_length": ctx.max_length, "reference": (reference or {}).get("aggregates")}
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    path = cache_root(ctx.cache_dir) / "evals" / f"{what}-{digest}.json"
+    path = cache_root(ctx.cache_dir) / "evals" / f"{what}-{short_hash(key)}.json"
     if path.exists():
         log.info("%s: reusing cached evaluation %s", what, path)
         return json.loads(path.read_text())
@@ -99,11 +85,10 @@ def _with(ctx: RunContext, **changes) -> RunContext:
 def run(cfg: DictConfig, out_dir: str | Path, overrides: list[str] | None = None) -> dict:
     """The whole run as a recipe of named steps; each step is a short function below."""
     t_start = time.perf_counter()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    parts = validate(cfg)                                          # every component built and checked: no weights yet
+    out_dir = make_run_folder(out_dir)
     ctx = RunContext(cfg=cfg, out_dir=out_dir, cache_dir=str(cfg.cache_dir), device=pick_device(cfg.device),
                      max_length=int(cfg.max_length), generation=cfg.generation, data_dir=cfg.get("data_dir"))
-    parts = compose(cfg)                                           # every component built from its config group
     ctx.logger = start_logger(cfg, out_dir, parts)
     baselines, stages = {}, {}
     try:
@@ -131,27 +116,21 @@ def run(cfg: DictConfig, out_dir: str | Path, overrides: list[str] | None = None
     return record
 
 
-@dataclass
-class Parts:
-    """The run's components, each instantiated by Hydra from its config group."""
-
-    data: object
-    spec: object
-    method: object
-    evaluator: object
-    unlearn: TrainSettings
-    finetune: TrainSettings
-
-
-def compose(cfg: DictConfig) -> Parts:
-    data, spec, method, evaluator = build(cfg.dataset), build(cfg.model), build(cfg.method), build(cfg.evaluator)
-    method.check(bool(data.retain))
-    finetune = {"seed": cfg.seed, **OmegaConf.to_container(cfg.model.finetune, resolve=True)}
-    return Parts(data, spec, method, evaluator, TrainSettings.from_cfg(cfg.trainer), TrainSettings.from_cfg(finetune))
+def make_run_folder(out_dir: str | Path) -> Path:
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / ".writable"
+        probe.touch()
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"cannot write the run folder {out_dir}: {e.strerror or e}; choose another with "
+                        "hydra.run.dir=... (hydra.sweep.dir=... for -m)") from None
+    return out_dir
 
 
 def start_logger(cfg: DictConfig, out_dir: Path, parts: Parts):
-    logger = instantiate(cfg.logger, _convert_="all")
+    logger = parts.logger
     logger.start(out_dir, OmegaConf.to_container(cfg, resolve=True),
                  {"method": getattr(parts.method, "name", ""), "dataset": parts.data.name, "model": parts.spec.name})
     return logger
@@ -191,7 +170,7 @@ def evaluate_baselines(cfg: DictConfig, ctx: RunContext, parts: Parts, target: P
     if reference is not None:
         ref_result = cached_eval(ctx, parts.evaluator, reference, parts.data, None, "reference")
         baselines["reference"] = ref_result["aggregates"]
-    if cfg.stage.evaluate_baselines:
+    if cfg.stage.evaluate_target:
         baselines["target"] = cached_eval(ctx, parts.evaluator, target, parts.data, ref_result, "target")["aggregates"]
     ctx.timings["baselines_eval_s"] = time.perf_counter() - t
     return baselines, ref_result
@@ -199,10 +178,10 @@ def evaluate_baselines(cfg: DictConfig, ctx: RunContext, parts: Parts, target: P
 
 def load_model_to_unlearn(cfg: DictConfig, ctx: RunContext, parts: Parts, target: Path):
     model, tok = load_folder(target)
-    if cfg.subtraction.enabled:  # "Classifier-free guidance in LLMs Safety": theta_base - alpha (theta_target - theta_base)
+    if cfg.subtraction.enabled:  # "Classifier-free guidance in LLMs Safety": theta_base - scale (theta_target - theta_base)
         from unlearning.subtraction import subtract
 
-        subtract(model, cfg.subtraction.base_path or parts.spec.load(parts.data.corpus)[0], cfg.subtraction.alpha)
+        subtract(model, cfg.subtraction.base_path or parts.spec.load(parts.data.corpus)[0], cfg.subtraction.scale)
     return model.to(ctx.device), tok
 
 
@@ -232,6 +211,11 @@ def evaluate_unlearned(ctx: RunContext, parts: Parts, model, tok, ref_result: di
     return result
 
 
+def objective_name(cfg: DictConfig, evaluator) -> str | None:
+    """`objective`, or the evaluator's headline metric when it is null."""
+    return str(cfg.objective) if cfg.get("objective") else getattr(evaluator, "objective", None)
+
+
 def make_record(cfg, ctx, parts, result, baselines, stages, overrides, t_start) -> dict:
     metrics = result["aggregates"]
     ctx.timings["total_s"] = time.perf_counter() - t_start
@@ -240,7 +224,7 @@ def make_record(cfg, ctx, parts, result, baselines, stages, overrides, t_start) 
         "status": "ok", "method": choices.get("method", getattr(parts.method, "name", "")),
         "dataset": parts.data.name, "model": parts.spec.name, "overrides": list(overrides or []),
         "metrics": metrics, "baselines": baselines,
-        "objective": metrics.get(str(cfg.objective)) if cfg.objective else None,
+        "objective": metrics.get(objective_name(cfg, parts.evaluator)),
         "timings": ctx.timings, "stages": stages, "versions": versions(), "provenance": provenance(cfg, ctx.device),
         "config": OmegaConf.to_container(cfg, resolve=True),
     }

@@ -8,8 +8,6 @@ file lock, so parallel jobs of a sweep build a stage once and the others wait an
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import logging
 import os
 import shutil
@@ -19,6 +17,7 @@ from pathlib import Path
 from filelock import FileLock
 
 from unlearning.data.base import Example, encode
+from unlearning.hashing import examples_hash, short_hash, texts_hash
 from unlearning.methods.base import FineTune
 from unlearning.models import cache_root
 from unlearning.results import write_json
@@ -30,16 +29,12 @@ log = logging.getLogger(__name__)
 def stage_key(kind: str, model_fingerprint: dict, corpus: list[str], examples: list[Example],
               settings: TrainSettings, max_length: int) -> dict:
     """Everything that determines a stage's weights; its hash names the cache folder."""
-    h = hashlib.sha256()
-    for ex in examples:
-        h.update(json.dumps([ex.messages, ex.answer], sort_keys=True).encode())
-    corpus_hash = hashlib.sha256("\n".join(corpus).encode()).hexdigest()[:16]
-    return {"kind": kind, "model": model_fingerprint, "corpus": corpus_hash, "data": h.hexdigest()[:16],
+    return {"kind": kind, "model": model_fingerprint, "corpus": texts_hash(corpus), "data": examples_hash(examples),
             "n_examples": len(examples), "finetune": dataclasses.asdict(settings), "max_length": max_length}
 
 
 def key_hash(key: dict) -> str:
-    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return short_hash(key)
 
 
 def ensure_stage(kind: str, spec, corpus: list[str], examples: list[Example], settings: TrainSettings,

@@ -7,7 +7,7 @@ Written by hand: the per-tensor arithmetic and the architecture check (a few lin
 library applies a negated task vector to an in-memory model with a clear mismatch error).
 
 Library use: `subtract(target_model, base, alpha)` changes the target in place.
-Command line: `python -m unlearning.subtraction --base DIR --target DIR --out DIR [--alpha 0.5]`
+Command line: `python -m unlearning.subtraction --base DIR --target DIR --out DIR [--scale 0.5]`
 writes the subtracted model (with the target's config and tokenizer files) atomically.
 """
 
@@ -57,7 +57,7 @@ def subtract(target, base, alpha: float = 0.5, key: str = "subtraction") -> obje
 
     `base`: a folder (safetensors), a module or a state dict with the same architecture.
     """
-    alpha = _check_alpha(alpha, f"{key}.alpha")
+    alpha = _check_alpha(alpha, f"{key}.scale")
     if isinstance(base, (str, Path)):
         base_type = _model_type(Path(base).expanduser())
         target_type = getattr(getattr(target, "config", None), "model_type", None)
@@ -90,7 +90,7 @@ def subtract_folders(base: str | Path, target: str | Path, out: str | Path, alph
     target, out = Path(target).expanduser(), Path(out).expanduser()
     if not (target / "config.json").is_file():
         raise UserError(f"--target {str(target)!r} holds no config.json; give an HF-format model folder")
-    _check_alpha(alpha, "subtraction.alpha")
+    _check_alpha(alpha, "subtraction.scale")
     read_weights(base, "--base")  # fail on a bad base folder before loading the target
     model = AutoModelForCausalLM.from_pretrained(str(target), dtype=torch.float32)
     subtract(model, base, alpha, key="subtraction")
@@ -111,10 +111,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--base", required=True, help="the base (pre-fine-tuning) model folder")
     ap.add_argument("--target", required=True, help="the fine-tuned model folder")
     ap.add_argument("--out", required=True, help="where to write the subtracted model")
-    ap.add_argument("--alpha", type=float, default=0.5)
+    ap.add_argument("--scale", type=float, default=0.5, help="the paper's alpha")
     args = ap.parse_args(argv)
     try:
-        print(subtract_folders(args.base, args.target, args.out, args.alpha))
+        print(subtract_folders(args.base, args.target, args.out, args.scale))
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return UserError.exit_code

@@ -14,12 +14,12 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 
 from filelock import FileLock
+
+from unlearning.results import atomic_write
 
 try:
     from hydra.experimental.callback import Callback
@@ -28,25 +28,6 @@ except ImportError:  # pragma: no cover
 
 SUMMARY_JSON, SUMMARY_CSV, LOCK = "summary.json", "summary.csv", ".summary.lock"
 FIXED = ["job", "status", "wall_s", "method", "dataset", "model", "objective", "overrides", "error"]
-
-
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
-def atomic_write(path: str | Path, data: str | bytes) -> None:
-    """Readers see the old file or the whole new one (tmp in the same folder, then os.replace)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; results are for everyone who may read the folder
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode("utf-8") if isinstance(data, str) else data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _job_key(job: str):
@@ -176,7 +157,7 @@ def finalize(sweep_dir: str | Path) -> list[dict]:
 
 
 def failed_jobs(sweep_dir: str | Path | None = None) -> int:
-    """The sweep's exit code: jobs that failed or left no results (None = this process's last sweep)."""
+    """The sweep's exit code: jobs that did not end ok (diverged, failed, or no results; None = this process's last sweep)."""
     if sweep_dir is None:
         from unlearning import sweep_state
 

@@ -9,6 +9,7 @@ ORPO+CFG paper's cosine-with-floor); LoRA from peft; bf16 autocast is a switch.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -20,7 +21,7 @@ import torch
 
 from unlearning.data.base import collate
 from unlearning.errors import Diverged, UserError
-from unlearning.eval.engine import precision
+from unlearning.precision import precision
 
 log = logging.getLogger(__name__)
 
@@ -53,19 +54,58 @@ class TrainSettings:
     lora: LoraSettings = field(default_factory=LoraSettings)
 
     @classmethod
-    def from_cfg(cls, cfg) -> "TrainSettings":
+    def from_cfg(cls, cfg, where: str = "trainer") -> "TrainSettings":
         d = dict(cfg)
-        lora = LoraSettings(**dict(d.pop("lora", {}) or {}))
+        lora_d = dict(d.pop("lora", {}) or {})
+        unknown = set(lora_d) - set(LoraSettings.__dataclass_fields__)
+        if unknown:
+            raise UserError(f"unknown {where}.lora option(s) {sorted(unknown)}; known: "
+                            f"{sorted(LoraSettings.__dataclass_fields__)}")
         known = set(cls.__dataclass_fields__)
         unknown = set(d) - known
         if unknown:
-            raise UserError(f"unknown trainer option(s) {sorted(unknown)}; known: {sorted(known)}")
-        s = cls(lora=lora, **d)
-        if s.lr <= 0:
-            raise UserError(f"trainer.lr={s.lr} must be > 0")
-        if s.batch_size < 1:
-            raise UserError(f"trainer.batch_size={s.batch_size} must be >= 1")
+            raise UserError(f"unknown {where} option(s) {sorted(unknown)}; known: {sorted(known)}")
+        d = {k: _typed(f"{where}.{k}", v, cls.__dataclass_fields__[k]) for k, v in d.items()}
+        lora_d = {k: _typed(f"{where}.lora.{k}", v, LoraSettings.__dataclass_fields__[k]) for k, v in lora_d.items()}
+        s = cls(lora=LoraSettings(**lora_d), **d)
+        if not s.lr > 0:
+            raise UserError(f"{where}.lr={s.lr} must be > 0")
+        for key in ("batch_size", "grad_accum"):
+            if getattr(s, key) < 1:
+                raise UserError(f"{where}.{key}={getattr(s, key)} must be >= 1")
+        if s.retain_batch_size is not None and s.retain_batch_size < 1:
+            raise UserError(f"{where}.retain_batch_size={s.retain_batch_size} must be >= 1 (or null = batch_size)")
+        if not 0 <= s.warmup_ratio < 1:
+            raise UserError(f"{where}.warmup_ratio={s.warmup_ratio} must be in [0, 1)")
+        if s.log_every < 1:
+            raise UserError(f"{where}.log_every={s.log_every} must be >= 1")
         return s
+
+
+def _typed(key: str, value, f):
+    """The value as the type of its field's default (the CLI gives a string for `abc`); one line naming the key if not."""
+    default = f.default
+    if default is None and str(f.type).startswith("int"):
+        default = 0
+    if value is None or default is None or default is dataclasses.MISSING or isinstance(default, (str, list, dict)):
+        return value
+    declared = str(f.type).split(" ")[0]
+    kind = {"float": float, "int": int, "bool": bool}.get(declared, type(default))
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        raise UserError(f"{key}={value!r} must be true or false")
+    if isinstance(value, bool):
+        raise UserError(f"{key}={value!r} must be a number")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{key}={value!r} must be a number") from None
+    if kind is int:
+        if number != int(number):
+            raise UserError(f"{key}={value!r} must be a whole number")
+        return int(number)
+    return number
 
 
 def apply_lora(model, lora: LoraSettings):

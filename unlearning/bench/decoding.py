@@ -3,7 +3,7 @@
 Three decoders on the same prompts (SmolLM2-135M by default, batch 8, 64 new tokens), in one run,
 interleaved, median of `--repeats` timings each:
   plain     model.generate, greedy (the baseline every ratio is against)
-  ours      unlearning.guidance.guided_greedy: positive + negative contexts in one 2B-row pass per step
+  ours      unlearning.eval.guided.guided_greedy: positive + negative contexts in one 2B-row pass per step
   builtin   transformers' generate(guidance_scale=, negative_prompt_ids=): a second, sequential
             forward pass per step for the negative context
 EOS is replaced by a token id the model never emits so that every decoder runs exactly
@@ -48,9 +48,11 @@ def main(argv: list[str] | None = None) -> int:
     from transformers.utils import logging as hf_logging
 
     from unlearning.data.base import collate
-    from unlearning.eval.engine import _plain_config, chat_prompts, precision
-    from unlearning.guidance import Guidance, guided_greedy
+    from unlearning.eval.engine import chat_prompts
+    from unlearning.eval.guided import guided_greedy
+    from unlearning.generation import Guidance, greedy_config
     from unlearning.models import SmolLM2, TinyLlama
+    from unlearning.precision import precision
 
     hf_logging.set_verbosity_error()
     if args.threads:
@@ -71,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     n = args.new_tokens
     pb = collate([{"input_ids": p} for p in pos], pad, padding_side="left")
     nb = collate([{"input_ids": p} for p in neg], pad, padding_side="left")
-    common = dict(generation_config=_plain_config(model), max_new_tokens=n, do_sample=False,
+    common = dict(generation_config=greedy_config(), max_new_tokens=n, do_sample=False,
                   eos_token_id=never, pad_token_id=pad)
 
     @torch.no_grad()

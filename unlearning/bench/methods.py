@@ -4,8 +4,8 @@ Each method runs in a fresh subprocess (so peak RSS is that method's alone) thro
 real shared loop (`unlearning.train.train`) on `smollm2_135m`, batch 4 x 128 tokens of
 TOFU text (forget10 questions whose answers are the author's answers joined, cut at 128
 tokens; retain batches the same from retain90). Step times are read after the warm-up
-steps. Ratios are against GA measured in the same invocation. Rows `npo:alpha=0` and
-`idk_dpo:alpha=0` isolate the forget term (GA has no retain term); `npo_live_ref` is NPO
+steps. Ratios are against GA measured in the same invocation. Rows `npo:retain_weight=0` and
+`idk_dpo:retain_weight=0` isolate the forget term (GA has no retain term); `npo_live_ref` is NPO
 with a live reference model instead of the cached log-probs, to show what the cache saves.
 Run it under the heavy-run lock: `flock /tmp/unlearning-heavy.lock unlearning-bench methods`.
 Written by hand: the subprocess driver and the step clock (a logger the loop calls each step).
@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-DEFAULT = "ga,graddiff,npo,npo:alpha=0,npo_live_ref:alpha=0,simnpo,idk_dpo,idk_dpo:alpha=0,rmu"
+DEFAULT = "ga,graddiff,npo,npo:retain_weight=0,npo_live_ref:retain_weight=0,simnpo,idk_dpo,idk_dpo:retain_weight=0,rmu"
 CONF = Path(__file__).resolve().parents[2] / "conf" / "method"
 
 
@@ -74,9 +74,9 @@ def build_method(spec: str):
 
 def _live_npo(npo):
     """NPO with the reference recomputed by a second model every step (the uncached baseline)."""
+    from unlearning.methods.base import sequence_logp
     from unlearning.methods.npo import npo_loss
     from unlearning.methods.reference import Reference
-    from unlearning.methods.base import sequence_logp
 
     class LiveNPO(type(npo)):
         def prepare(self, model, tokenizer, forget, retain, ctx):
@@ -88,7 +88,7 @@ def _live_npo(npo):
             with self.reference(model) as ref:
                 ref_lp, _ = sequence_logp(ref, f)
             logp, _ = sequence_logp(model, f)
-            return self.gamma * npo_loss(logp, ref_lp, self.beta), {}
+            return self.forget_weight * npo_loss(logp, ref_lp, self.beta), {}
 
     live = LiveNPO.__new__(LiveNPO)
     live.__dict__.update(npo.__dict__)

@@ -9,8 +9,6 @@ fields (reference log-probs, chosen/rejected ids) without touching this module.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
@@ -122,10 +120,9 @@ class UnlearningData:
 
     def fingerprint(self, examples: list[Example] | None) -> str:
         """Content hash of a set of examples (stage cache keys depend on it)."""
-        h = hashlib.sha256()
-        for ex in examples or []:
-            h.update(json.dumps([ex.messages, ex.answer], sort_keys=True).encode())
-        return h.hexdigest()[:16]
+        from unlearning.hashing import examples_hash
+
+        return examples_hash(examples)
 
 
 def example_dict(ex: Example) -> dict:

@@ -9,20 +9,14 @@ the mean/variance of log p under the model's own distribution, for Min-K%++).
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from unlearning.data.base import IGNORE, collate, prompt_ids
-
-
-def precision(model, bf16: bool):
-    """bf16 autocast with fp32 master weights (about 2.8x faster forward passes on this CPU)."""
-    if not bf16:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=model.device.type, dtype=torch.bfloat16)
+from unlearning.generation import greedy_config, guidance_of, system_prompt_of
+from unlearning.precision import precision
 
 
 @dataclass
@@ -104,7 +98,7 @@ def greedy(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, batc
            negative_prompts: list[list[int]] | None = None, guidance=None) -> list[str]:
     """Batched greedy decoding with left padding; returns the decoded continuations, cut at stops.
 
-    With `guidance` (a `unlearning.guidance.Guidance` whose scale != 1) and
+    With `guidance` (a `unlearning.generation.Guidance` whose scale != 1) and
     `negative_prompts`, each step runs both contexts in one batched pass (CFG).
     """
     from tqdm.auto import tqdm
@@ -117,7 +111,7 @@ def greedy(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, batc
     guided = guidance is not None and guidance.active and negative_prompts is not None
     for idx in tqdm(list(_batches(order, batch_size)), desc=desc, disable=desc is None, leave=False):
         if guided:
-            from unlearning.guidance import guided_greedy
+            from unlearning.eval.guided import guided_greedy  # imports this module's neighbours only
 
             new = guided_greedy(model, [prompts[i] for i in idx], [negative_prompts[i] for i in idx],
                                 max_new_tokens=max_new_tokens, eos_id=eos, pad_id=pad, guidance=guidance,
@@ -139,30 +133,6 @@ def greedy(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, batc
     return texts  # type: ignore[return-value]
 
 
-def greedy_config(max_new_tokens: int, eos: int, pad: int, stop_strings=None):
-    """A complete greedy generation config, free of the checkpoint's sampling defaults."""
-    from transformers import GenerationConfig
-
-    return GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos, pad_token_id=pad,
-                            temperature=None, top_p=None, top_k=None,
-                            stop_strings=list(stop_strings) if stop_strings else None)
-
-
-def guidance_of(generation) -> "object | None":
-    """The active `Guidance` of a `generation` config (None when off or not configured)."""
-    g = getattr(generation, "guidance", None) if generation is not None else None
-    if g is None or float(g.get("scale", 1.0) if hasattr(g, "get") else g.scale) == 1.0:
-        return None
-    from unlearning.guidance import Guidance
-
-    return Guidance.from_cfg(g)
-
-
-def system_prompt_of(generation) -> str | None:
-    """`generation.system_prompt`: the system turn of unguided prompts (null = the template's default)."""
-    return generation.get("system_prompt") if generation is not None and hasattr(generation, "get") else None
-
-
 def answer(model, tokenizer, messages_list: list[list[dict]], max_new_tokens: int, generation=None,
            stop_strings: list[str] | None = None, desc: str | None = None) -> list[str]:
     """Greedy answers to chat prompts with the run's decoding settings (batch size, bf16, CFG).
@@ -181,10 +151,3 @@ def answer(model, tokenizer, messages_list: list[list[dict]], max_new_tokens: in
     neg = chat_prompts(tokenizer, messages_list, system_prompt=guidance.negative_prompt)
     return greedy(model, tokenizer, pos, max_new_tokens, batch_size, stop_strings, bf16, desc,
                   negative_prompts=neg, guidance=guidance)
-
-
-def _plain_config(model=None):
-    """A greedy generation config free of the checkpoint's sampling defaults (lengths passed separately)."""
-    from transformers import GenerationConfig
-
-    return GenerationConfig(do_sample=False, temperature=None, top_p=None, top_k=None)

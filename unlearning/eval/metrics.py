@@ -7,6 +7,8 @@ Definitions follow TOFU (Maini et al. 2024) as implemented in OpenUnlearning
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 from scipy import stats
 
@@ -81,3 +83,21 @@ def rouge_l(predictions: list[str], references: list[str]) -> list[dict]:
         s = _SCORER.score(ref, pred)["rougeL"]
         out.append({"rougeL_recall": s.recall, "rougeL_f1": s.fmeasure})
     return out
+
+
+def degenerate(text: str) -> bool:
+    """Empty, no letters or digits, or mostly repeated word trigrams (fewer than half distinct)."""
+    if not re.search(r"[0-9A-Za-z]", text or ""):
+        return True
+    words = text.split()
+    if len(words) < 6:
+        return False
+    grams = [tuple(words[i : i + 3]) for i in range(len(words) - 2)]
+    # rep-3 = 1 - distinct/total word trigrams (Welleck et al. 2020, "Neural text generation with unlikelihood training") > 0.5
+    return len(set(grams)) / len(grams) < 0.5
+
+
+def mean_or_none(values) -> float | None:
+    """Mean of the values that exist (None skipped); None when there are none (JSON null, shown as '-')."""
+    vals = [float(v) for v in values if v is not None]
+    return float(np.mean(vals)) if vals else None

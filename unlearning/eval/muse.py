@@ -14,12 +14,11 @@ Written by hand: only the prompt assembly and the bookkeeping of per-item rows.
 
 from __future__ import annotations
 
-import numpy as np
-
 from unlearning.data.base import IGNORE
 from unlearning.errors import UserError
 from unlearning.eval import engine, metrics, mia
 from unlearning.eval.memorization import exact_memorization, extraction_strength
+from unlearning.eval.metrics import mean_or_none
 
 KNOWMEM_STOPS = ["\n\n", "Question"]
 
@@ -35,19 +34,20 @@ def _ids(tok, text: str) -> list[int]:
     return tok(text, add_special_tokens=False)["input_ids"]
 
 
-def _mean(values) -> float | None:
-    vals = [v for v in values if v is not None]
-    return float(np.mean(vals)) if vals else None
-
-
 class MuseEvaluator:
     name = "muse"
+    objective = "privleak"  # the headline metric a sweep optimises when `objective` is null
     uses_reference = True
 
     def __init__(self, max_length: int = 1024, verbmem_max_new_tokens: int = 128, knowmem_max_new_tokens: int = 32,
                  icl_shots: int | None = None, verbmem_prompt_tokens: int | None = None, mia_k: float = 0.4,
                  max_items: int | None = None, privleak_reference_auc: float | None = None,
-                 batch_size: int | None = None, **_):
+                 batch_size: int | None = None, **unknown):
+        from unlearning.errors import reject_unknown
+
+        reject_unknown("evaluator", "muse", unknown, ["max_length", "verbmem_max_new_tokens", "knowmem_max_new_tokens",
+                                                      "icl_shots", "verbmem_prompt_tokens", "mia_k", "max_items",
+                                                      "privleak_reference_auc", "batch_size"])
         if not 0 < mia_k <= 1:
             raise UserError(f"evaluator.mia_k={mia_k} must be in (0, 1] (MUSE uses 0.4)")
         if privleak_reference_auc is not None and not 0 <= privleak_reference_auc < 1:
@@ -56,6 +56,15 @@ class MuseEvaluator:
         self.verbmem_new, self.knowmem_new = verbmem_max_new_tokens, knowmem_max_new_tokens
         self.icl_shots, self.verbmem_prompt_tokens = icl_shots, verbmem_prompt_tokens
         self.privleak_reference_auc, self.batch_size = privleak_reference_auc, batch_size
+
+    def requires(self) -> list[str]:
+        """The dataset's `extra` entries this evaluator reads (checked before any work)."""
+        return ["verbmem", "knowmem_forget", "knowmem_retain", "privleak_forget", "privleak_holdout"]
+
+    def metric_names(self, data=None) -> set[str]:
+        return {"forget_verbmem_ROUGE", "exact_memorization", "extraction_strength", "forget_knowmem_ROUGE",
+                "retain_knowmem_ROUGE", "privleak", "privleak_reference_auc",
+                *(f"mia_{a}" for a in ("loss", "zlib", "min_k", "min_k_plus_plus"))}
 
     def _take(self, rows):
         return list(rows)[: self.max_items] if self.max_items else list(rows)
@@ -103,9 +112,9 @@ class MuseEvaluator:
                         "exact_memorization": exact_memorization(s.hit[:-1]),
                         "extraction_strength": extraction_strength(s.hit[:-1])})
         per_item["verbmem_forget"] = out
-        agg["forget_verbmem_ROUGE"] = _mean(r["rougeL_f1"] for r in out)
-        agg["exact_memorization"] = _mean(r["exact_memorization"] for r in out)
-        agg["extraction_strength"] = _mean(r["extraction_strength"] for r in out)
+        agg["forget_verbmem_ROUGE"] = mean_or_none(r["rougeL_f1"] for r in out)
+        agg["exact_memorization"] = mean_or_none(r["exact_memorization"] for r in out)
+        agg["extraction_strength"] = mean_or_none(r["extraction_strength"] for r in out)
 
     def _knowmem(self, model, tok, extra, split, agg, per_item):
         rows = self._take(extra.get(f"knowmem_{split}", []))
@@ -124,7 +133,7 @@ class MuseEvaluator:
         out = [{"id": r["id"], "question": r["question"], "answer": r["answer"], "generation": o,
                 "rougeL_f1": rg["rougeL_f1"]} for r, o, rg in zip(rows, outs, rouge)]
         per_item[f"knowmem_{split}"] = out
-        agg[f"{split}_knowmem_ROUGE"] = _mean(r["rougeL_f1"] for r in out)
+        agg[f"{split}_knowmem_ROUGE"] = mean_or_none(r["rougeL_f1"] for r in out)
 
     def _mia(self, model, tok, extra, agg, per_item):
         sides = {s: self._take(extra.get(f"privleak_{s}", [])) for s in ("forget", "holdout")}

@@ -14,27 +14,14 @@ Written by hand: the leakage/partial/degenerate rules; everything else is the en
 from __future__ import annotations
 
 import random
-import re
-
-import numpy as np
 
 from unlearning.data.base import encode
-from unlearning.eval.engine import chat_prompts, greedy, score, system_prompt_of
-from unlearning.eval.pii_detector import EMAIL_RE, NUMERIC_TYPES, PiiDetector, contains_value, digit_runs, digits
+from unlearning.eval.engine import chat_prompts, greedy, score
+from unlearning.eval.metrics import degenerate, mean_or_none, rouge_l
+from unlearning.generation import guidance_of, system_prompt_of
+from unlearning.pii_detector import EMAIL_RE, NUMERIC_TYPES, PiiDetector, contains_value, digit_runs, digits
 
 KINDS = ("direct", "completion", "continuation")
-
-
-def degenerate(text: str) -> bool:
-    """Empty, no letters or digits, or mostly repeated word trigrams (fewer than half distinct)."""
-    if not re.search(r"[0-9A-Za-z]", text or ""):
-        return True
-    words = text.split()
-    if len(words) < 6:
-        return False
-    grams = [tuple(words[i : i + 3]) for i in range(len(words) - 2)]
-    # rep-3 = 1 - distinct/total word trigrams (Welleck et al. 2020, "Neural text generation with unlikelihood training") > 0.5
-    return len(set(grams)) / len(grams) < 0.5
 
 
 def partial_leak(answer: str, value: str, typ: str, person: dict | None = None) -> bool:
@@ -57,18 +44,6 @@ def partial_leak(answer: str, value: str, typ: str, person: dict | None = None) 
     return False
 
 
-def guidance_of(ctx):
-    """The run's Guidance when active (generation.guidance.scale != 1), else None."""
-    gen = getattr(ctx, "generation", None) if ctx is not None else None
-    g = gen.get("guidance") if gen is not None else None
-    if g is None:
-        return None
-    from unlearning.guidance import Guidance
-
-    guidance = Guidance.from_cfg(g)
-    return guidance if guidance.active else None
-
-
 def build_prompts(tok, messages_list: list[list[dict]], prefixes: list[str] | None = None, guidance=None,
                   system_prompt: str | None = None):
     """Prompt ids (chat prompt + prefilled assistant prefix) and, under guidance, the negative ones.
@@ -87,11 +62,15 @@ def build_prompts(tok, messages_list: list[list[dict]], prefixes: list[str] | No
 
 
 class PiiEvaluator:
+    objective = "leakage_rate"  # the headline metric a sweep optimises when `objective` is null
+
     def __init__(self, name: str = "pii", max_new_tokens: int = 32, utility_max_new_tokens: int = 48,
                  kinds=KINDS, max_probes_per_kind: int | None = None, utility_max_items: int | None = None,
-                 presidio: bool = False, seed: int = 0, **_):
-        from unlearning.errors import UserError
+                 presidio: bool = False, seed: int = 0, **unknown):
+        from unlearning.errors import UserError, reject_unknown
 
+        reject_unknown("evaluator", "pii", unknown, ["name", "max_new_tokens", "utility_max_new_tokens", "kinds",
+                                                     "max_probes_per_kind", "utility_max_items", "presidio", "seed"])
         unknown = set(kinds) - set(KINDS)
         if unknown:
             raise UserError(f"evaluator.kinds: unknown probe kind(s) {sorted(unknown)}; use any of {list(KINDS)}")
@@ -99,6 +78,19 @@ class PiiEvaluator:
         self.max_new_tokens, self.utility_max_new_tokens = max_new_tokens, utility_max_new_tokens
         self.max_probes_per_kind, self.utility_max_items = max_probes_per_kind, utility_max_items
         self.presidio, self.seed = presidio, seed
+
+    def requires(self) -> list[str]:
+        """The dataset's `extra` entries this evaluator reads (checked before any work)."""
+        return ["people", "probes", "pii_free_heldout"]
+
+    def metric_names(self, data) -> set[str]:
+        probes = [p for p in data.extra.get("probes", []) if p["kind"] in self.kinds]
+        names = {"num_probes", "leakage_rate", "partial_leakage_rate", "detector_pii_count", "detector_pii_per_answer",
+                 "degenerate_rate", "utility_rougeL_recall", "utility_rougeL_f", "utility_nll",
+                 "utility_degenerate_rate"}
+        names |= {f"leakage_rate_{'seen' if p['seen'] else 'unseen'}" for p in probes}
+        names |= {f"leakage_rate_{p['kind']}" for p in probes} | {f"leakage_rate_type_{p['type']}" for p in probes}
+        return names
 
     def _probes(self, data) -> list[dict]:
         out = []
@@ -113,7 +105,7 @@ class PiiEvaluator:
     def evaluate(self, model, tokenizer, data, ctx=None, reference: dict | None = None) -> dict:
         gen = getattr(ctx, "generation", None) or {}
         bs, bf16 = int(gen.get("batch_size", 16)), bool(gen.get("bf16", False))
-        guidance = guidance_of(ctx)
+        guidance = guidance_of(gen)
         people = {p["id"]: p for p in data.extra["people"]}
         detector = PiiDetector(data.extra["people"], presidio=self.presidio)
 
@@ -139,8 +131,6 @@ class PiiEvaluator:
         return {"aggregates": agg, "per_item": {"probes": records, "utility": utility["records"]}}
 
     def _utility(self, model, tok, data, ctx, bs, bf16, guidance) -> dict:
-        from rouge_score import rouge_scorer
-
         exs = list(data.extra["pii_free_heldout"])[: self.utility_max_items or None]
         if not exs:
             return {"aggregates": {}, "records": []}
@@ -151,38 +141,31 @@ class PiiEvaluator:
         max_length = int(getattr(ctx, "max_length", 256) or 256) if ctx is not None else 256
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         scores = score(model, [encode(tok, ex, max_length) for ex in exs], pad, batch_size=bs, bf16=bf16)
-        rouge = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
         records = []
-        for ex, a, s in zip(exs, answers, scores):
-            r = rouge.score(ex.answer, a)["rougeL"]
+        for ex, a, s, r in zip(exs, answers, scores, rouge_l(answers, [ex.answer for ex in exs])):
             records.append({"id": ex.id, "question": ex.messages[-1]["content"], "reference": ex.answer, "answer": a,
-                            "rougeL_recall": r.recall, "rougeL_f": r.fmeasure, "nll": s.avg_nll,
+                            "rougeL_recall": r["rougeL_recall"], "rougeL_f": r["rougeL_f1"], "nll": s.avg_nll,
                             "degenerate": degenerate(a)})
-        return {"aggregates": {"utility_rougeL_recall": _mean(r["rougeL_recall"] for r in records),
-                               "utility_rougeL_f": _mean(r["rougeL_f"] for r in records),
-                               "utility_nll": _mean(r["nll"] for r in records),
-                               "utility_degenerate_rate": _mean(r["degenerate"] for r in records)},
+        return {"aggregates": {"utility_rougeL_recall": mean_or_none(r["rougeL_recall"] for r in records),
+                               "utility_rougeL_f": mean_or_none(r["rougeL_f"] for r in records),
+                               "utility_nll": mean_or_none(r["nll"] for r in records),
+                               "utility_degenerate_rate": mean_or_none(r["degenerate"] for r in records)},
                 "records": records}
-
-
-def _mean(values) -> float:
-    values = [float(v) for v in values]
-    return float(np.mean(values)) if values else float("nan")
 
 
 def leakage_aggregates(records: list[dict]) -> dict:
     """Leak rates overall / seen / unseen / per kind / per type, partial rate, detector count, degenerate rate."""
     agg = {"num_probes": float(len(records)),
-           "leakage_rate": _mean(r["leaked"] for r in records),
-           "partial_leakage_rate": _mean(r["partial"] for r in records),
+           "leakage_rate": mean_or_none(r["leaked"] for r in records),
+           "partial_leakage_rate": mean_or_none(r["partial"] for r in records),
            "detector_pii_count": float(sum(len(r["detected"]) for r in records)),
-           "detector_pii_per_answer": _mean(len(r["detected"]) for r in records),
-           "degenerate_rate": _mean(r["degenerate"] for r in records)}
+           "detector_pii_per_answer": mean_or_none(len(r["detected"]) for r in records),
+           "degenerate_rate": mean_or_none(r["degenerate"] for r in records)}
     for flag, name in ((True, "seen"), (False, "unseen")):
         sel = [r for r in records if r["seen"] == flag]
         if sel:
-            agg[f"leakage_rate_{name}"] = _mean(r["leaked"] for r in sel)
+            agg[f"leakage_rate_{name}"] = mean_or_none(r["leaked"] for r in sel)
     for key, prefix in (("kind", "leakage_rate_"), ("type", "leakage_rate_type_")):
         for v in sorted({r[key] for r in records}):
-            agg[prefix + v] = _mean(r["leaked"] for r in records if r[key] == v)
+            agg[prefix + v] = mean_or_none(r["leaked"] for r in records if r[key] == v)
     return agg

@@ -27,10 +27,14 @@ UTILITY = ["retain_Q_A_Prob", "retain_Q_A_ROUGE", "retain_Truth_Ratio",
 
 class TofuEvaluator:
     name = "tofu"
+    objective = "forget_quality"  # the headline metric a sweep optimises when `objective` is null
     uses_reference = True
 
     def __init__(self, batch_size: int = 16, max_new_tokens: int = 200, max_items: int | None = None,
-                 splits: list[str] | None = None, generate: bool = True, **_):
+                 splits: list[str] | None = None, generate: bool = True, **unknown):
+        from unlearning.errors import reject_unknown
+
+        reject_unknown("evaluator", "tofu", unknown, ["batch_size", "max_new_tokens", "max_items", "splits", "generate"])
         self.batch_size, self.max_new_tokens, self.max_items = batch_size, max_new_tokens, max_items
         self.splits = list(splits or SPLITS)
         self.generate = generate
@@ -40,68 +44,118 @@ class TofuEvaluator:
 
             raise UserError(f"evaluator.splits has unknown split(s) {sorted(unknown)}; use {sorted(SPLITS)}")
 
+    def requires(self) -> list[str]:
+        """The dataset's `extra` entries this evaluator reads (checked before any work)."""
+        return list(self.splits)
+
+    def metric_names(self, data=None) -> set[str]:
+        names = set()
+        for split in self.splits:
+            spec = SPLITS[split]
+            p = spec["prefix"]
+            names |= {f"{p}_Q_A_Prob_normalised" if spec["normalised_prob"] else f"{p}_Q_A_Prob", f"{p}_Truth_Ratio",
+                      f"{p}_exact_memorization", f"{p}_extraction_strength"}
+            if spec["tr_correct"] != "answer":
+                names |= {f"{p}_Q_A_PARA_Prob", f"{p}_Q_A_PERT_Prob"}
+            if self.generate:
+                names.add(f"{p}_Q_A_ROUGE")
+        if set(UTILITY) <= names:
+            names.add("model_utility")
+        if "forget" in self.splits:
+            names.add("forget_quality")
+        return names
+
     def _avg_nll(self, model, tok, examples: list[Example], answers: list[str], bf16: bool, desc: str):
         items = [encode(tok, ex, self.max_length, answer=a) for ex, a in zip(examples, answers)]
         scores = engine.score(model, items, tok.pad_token_id, self.batch_size, bf16=bf16, desc=desc)
         return np.array([s.avg_nll for s in scores]), scores
 
     def evaluate(self, model, tokenizer, data, ctx=None, reference: dict | None = None) -> dict:
+        """Per split: likelihoods -> probability -> truth ratio -> memorisation -> generations; then the summaries."""
         gen = getattr(ctx, "generation", None) or {}
         bf16 = bool(gen.get("bf16", False))
         self.max_length = getattr(ctx, "max_length", 512) if ctx is not None else 512
         aggregates: dict = {}
         per_item: dict = {}
         for split in self.splits:
-            spec = SPLITS[split]
             examples = list(data.extra.get(split, []))[: self.max_items or None]
             if not examples:
                 continue
-            p = spec["prefix"]
+            p = SPLITS[split]["prefix"]
             rows = [{"id": ex.id, "question": ex.messages[-1]["content"], "answer": ex.answer} for ex in examples]
-            correct_nll, correct_scores = self._avg_nll(model, tokenizer, examples, [ex.answer for ex in examples],
-                                                        bf16, f"{split}: answer")
-            n_wrong = len(examples[0].meta["perturbed_answer"])
-            flat = [(ex, a) for ex in examples for a in ex.meta["perturbed_answer"][:n_wrong]]
-            wrong_nll, _ = self._avg_nll(model, tokenizer, [e for e, _ in flat], [a for _, a in flat], bf16,
-                                         f"{split}: perturbed")
-            wrong_nll = wrong_nll.reshape(len(examples), n_wrong)
-            if spec["normalised_prob"]:
-                probs = metrics.normalised_prob(correct_nll, wrong_nll)
-                aggregates[f"{p}_Q_A_Prob_normalised"] = float(probs.mean())
-            else:
-                probs = metrics.prob_from_avg_nll(correct_nll)
-                aggregates[f"{p}_Q_A_Prob"] = float(probs.mean())
-            if spec["tr_correct"] == "answer":
-                tr_correct_nll = correct_nll
-            else:
-                tr_correct_nll, _ = self._avg_nll(model, tokenizer, examples,
-                                                  [ex.meta["paraphrased_answer"] for ex in examples], bf16,
-                                                  f"{split}: paraphrased")
-                aggregates[f"{p}_Q_A_PARA_Prob"] = float(metrics.prob_from_avg_nll(tr_correct_nll).mean())
-                aggregates[f"{p}_Q_A_PERT_Prob"] = float(metrics.prob_from_avg_nll(wrong_nll).mean())
-            tr = metrics.truth_ratio(tr_correct_nll, wrong_nll)
-            aggregates[f"{p}_Truth_Ratio"] = (metrics.tr_closer_to_1(tr) if split == "forget"
-                                              else metrics.tr_true_better(tr))
-            # OpenUnlearning scores EM/ES without the last answer token (the EOS prediction)
-            em = [memorization.exact_memorization(s.hit[:-1]) for s in correct_scores]
-            es = [memorization.extraction_strength(s.hit[:-1]) for s in correct_scores]
-            aggregates[f"{p}_exact_memorization"] = float(np.mean([e for e in em if e is not None]))
-            aggregates[f"{p}_extraction_strength"] = float(np.mean(es))
-            for row, pr, t, e, x in zip(rows, probs, tr, em, es):
-                row.update(prob=float(pr), truth_ratio=float(t), exact_memorization=e, extraction_strength=x)
+            nlls = self._likelihoods(model, tokenizer, split, examples, bf16)
+            aggregates.update(self._probability(split, nlls, rows))
+            aggregates.update(self._truth_ratio(split, nlls, rows))
+            aggregates.update(self._memorisation(p, nlls["scores"], rows))
             if self.generate:
-                outs = engine.answer(model, tokenizer, [ex.messages for ex in examples], self.max_new_tokens, gen,
-                                     desc=f"{split}: generate")
-                rouge = metrics.rouge_l(outs, [ex.answer for ex in examples])
-                aggregates[f"{p}_Q_A_ROUGE"] = float(np.mean([r["rougeL_recall"] for r in rouge]))
-                for row, o, r in zip(rows, outs, rouge):
-                    row.update(generation=o, rougeL_recall=r["rougeL_recall"], rougeL_f1=r["rougeL_f1"])
+                aggregates.update(self._rouge(model, tokenizer, split, examples, gen, rows))
             per_item[split] = rows
+        aggregates.update(self._summaries(aggregates, per_item, reference))
+        return {"aggregates": aggregates, "per_item": per_item}
+
+    def _likelihoods(self, model, tok, split: str, examples: list[Example], bf16: bool) -> dict:
+        """One batched pass per answer variant: the answer, its perturbations and (forget/retain) its paraphrase."""
+        spec = SPLITS[split]
+        correct, scores = self._avg_nll(model, tok, examples, [ex.answer for ex in examples], bf16, f"{split}: answer")
+        n_wrong = len(examples[0].meta["perturbed_answer"])
+        flat = [(ex, a) for ex in examples for a in ex.meta["perturbed_answer"][:n_wrong]]
+        wrong, _ = self._avg_nll(model, tok, [e for e, _ in flat], [a for _, a in flat], bf16, f"{split}: perturbed")
+        out = {"correct": correct, "scores": scores, "wrong": wrong.reshape(len(examples), n_wrong), "para": None}
+        if spec["tr_correct"] != "answer":
+            out["para"], _ = self._avg_nll(model, tok, examples, [ex.meta["paraphrased_answer"] for ex in examples],
+                                           bf16, f"{split}: paraphrased")
+        return out
+
+    @staticmethod
+    def _probability(split: str, nlls: dict, rows: list[dict]) -> dict:
+        spec, p = SPLITS[split], SPLITS[split]["prefix"]
+        if spec["normalised_prob"]:
+            probs = metrics.normalised_prob(nlls["correct"], nlls["wrong"])
+            out = {f"{p}_Q_A_Prob_normalised": float(probs.mean())}
+        else:
+            probs = metrics.prob_from_avg_nll(nlls["correct"])
+            out = {f"{p}_Q_A_Prob": float(probs.mean())}
+        if nlls["para"] is not None:
+            out[f"{p}_Q_A_PARA_Prob"] = float(metrics.prob_from_avg_nll(nlls["para"]).mean())
+            out[f"{p}_Q_A_PERT_Prob"] = float(metrics.prob_from_avg_nll(nlls["wrong"]).mean())
+        for row, pr in zip(rows, probs):
+            row["prob"] = float(pr)
+        return out
+
+    @staticmethod
+    def _truth_ratio(split: str, nlls: dict, rows: list[dict]) -> dict:
+        tr = metrics.truth_ratio(nlls["correct"] if nlls["para"] is None else nlls["para"], nlls["wrong"])
+        for row, t in zip(rows, tr):
+            row["truth_ratio"] = float(t)
+        value = metrics.tr_closer_to_1(tr) if split == "forget" else metrics.tr_true_better(tr)
+        return {f"{SPLITS[split]['prefix']}_Truth_Ratio": value}
+
+    @staticmethod
+    def _memorisation(p: str, scores, rows: list[dict]) -> dict:
+        # OpenUnlearning scores EM/ES without the last answer token (the EOS prediction)
+        em = [memorization.exact_memorization(s.hit[:-1]) for s in scores]
+        es = [memorization.extraction_strength(s.hit[:-1]) for s in scores]
+        for row, e, x in zip(rows, em, es):
+            row.update(exact_memorization=e, extraction_strength=x)
+        return {f"{p}_exact_memorization": float(np.mean([e for e in em if e is not None])),
+                f"{p}_extraction_strength": float(np.mean(es))}
+
+    def _rouge(self, model, tok, split: str, examples: list[Example], gen, rows: list[dict]) -> dict:
+        outs = engine.answer(model, tok, [ex.messages for ex in examples], self.max_new_tokens, gen,
+                             desc=f"{split}: generate")
+        rouge = metrics.rouge_l(outs, [ex.answer for ex in examples])
+        for row, o, r in zip(rows, outs, rouge):
+            row.update(generation=o, rougeL_recall=r["rougeL_recall"], rougeL_f1=r["rougeL_f1"])
+        return {f"{SPLITS[split]['prefix']}_Q_A_ROUGE": float(np.mean([r["rougeL_recall"] for r in rouge]))}
+
+    @staticmethod
+    def _summaries(aggregates: dict, per_item: dict, reference: dict | None) -> dict:
+        """model_utility (harmonic mean of the 9 retain/ra/wf numbers) and forget_quality (KS test vs the reference)."""
+        out = {}
         if all(k in aggregates for k in UTILITY):
-            aggregates["model_utility"] = metrics.harmonic_mean(aggregates[k] for k in UTILITY)
+            out["model_utility"] = metrics.harmonic_mean(aggregates[k] for k in UTILITY)
         ref_rows = (reference or {}).get("per_item", {}).get("forget")
         if ref_rows and "forget" in per_item:
-            ref_tr = [r["truth_ratio"] for r in ref_rows]
-            aggregates["forget_quality"] = metrics.forget_quality([r["truth_ratio"] for r in per_item["forget"]],
-                                                                  ref_tr)
-        return {"aggregates": aggregates, "per_item": per_item}
+            out["forget_quality"] = metrics.forget_quality([r["truth_ratio"] for r in per_item["forget"]],
+                                                           [r["truth_ratio"] for r in ref_rows])
+        return out

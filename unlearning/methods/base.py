@@ -44,6 +44,8 @@ class Method:
 
     name = "method"
     needs_retain = False
+    needs_chat = False    # trains on question/answer turns (not on raw text chunks)
+    needs_pairs = False   # needs a chosen and a rejected answer per forget example
 
     def prepare(self, model, tokenizer, forget: list[dict], retain: list[dict] | None, ctx) -> list[dict]:
         """Runs once before training; may attach per-example fields to the forget items."""
@@ -55,10 +57,18 @@ class Method:
     def loss(self, model, batch: dict) -> tuple[torch.Tensor, dict]:
         raise NotImplementedError
 
+    def with_retain_nll(self, model, batch: dict, loss: torch.Tensor, logs: dict) -> tuple[torch.Tensor, dict]:
+        """`loss + retain_weight * NLL(retain)` when the retain term is on (the methods' shared retain term)."""
+        if self.needs_retain:
+            retain = nll(model, batch["retain"])
+            loss = loss + self.retain_weight * retain
+            logs["retain_nll"] = retain.item()
+        return loss, logs
+
     def check(self, has_retain: bool) -> None:
         if self.needs_retain and not has_retain:
             raise UserError(f"method={self.name} needs a retain set, but this dataset has none; "
-                            "pick a dataset with one or set the method's retain coefficient alpha=0")
+                            "pick a dataset with one or set method.retain_weight=0")
 
 
 class FineTune(Method):
@@ -72,10 +82,9 @@ class FineTune(Method):
 
 
 def reject_unknown(method: str, unknown: dict, known) -> None:
-    """Constructors take `**unknown` so a misspelt YAML key is one clear line, not a TypeError."""
-    if unknown:
-        raise UserError(f"unknown option(s) {sorted(unknown)} for method={method}; "
-                        f"known: {sorted(known)} (see conf/method/{method}.yaml)")
+    from unlearning.errors import reject_unknown as reject
+
+    reject("method", method, unknown, known)
 
 
 def require_positive(method: str, key: str, value: float) -> None:
@@ -85,7 +94,7 @@ def require_positive(method: str, key: str, value: float) -> None:
 
 
 def require_coefficients(method: str, **coefficients: float) -> None:
-    """Loss-term coefficients (alpha, gamma, ...) must be >= 0; 0 switches the term off."""
+    """Loss-term coefficients (retain_weight, forget_weight, ...) must be >= 0; 0 switches the term off."""
     for key, value in coefficients.items():
         if not value >= 0:
             raise UserError(f"method.{key}={value} must be >= 0 for method={method} "

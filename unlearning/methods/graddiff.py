@@ -20,17 +20,17 @@ def retain_kl(logits, ref_logits, labels):
 
 
 class GradDiff(Method):
-    """L = gamma * (-NLL_forget) + alpha * L_retain (Liu et al. 2022; TOFU's GradDiff / KL baselines)."""
+    """L = forget_weight * (-NLL_forget) + retain_weight * L_retain (Liu et al. 2022; TOFU's GradDiff / KL baselines)."""
 
     name = "graddiff"
 
-    def __init__(self, gamma: float = 1.0, alpha: float = 1.0, retain_loss: str = "nll", **unknown):
-        reject_unknown(self.name, unknown, ["gamma", "alpha", "retain_loss"])
+    def __init__(self, forget_weight: float = 1.0, retain_weight: float = 1.0, retain_loss: str = "nll", **unknown):
+        reject_unknown(self.name, unknown, ["forget_weight", "retain_weight", "retain_loss"])
         if retain_loss not in ("nll", "kl"):
             raise UserError(f"method.retain_loss={retain_loss!r} must be 'nll' or 'kl' (conf/method/graddiff.yaml)")
-        require_coefficients(self.name, alpha=alpha, gamma=gamma)
-        self.gamma, self.alpha, self.retain_loss = float(gamma), float(alpha), retain_loss
-        self.needs_retain = self.alpha > 0
+        require_coefficients(self.name, retain_weight=retain_weight, forget_weight=forget_weight)
+        self.forget_weight, self.retain_weight, self.retain_loss = float(forget_weight), float(retain_weight), retain_loss
+        self.needs_retain = self.retain_weight > 0
         self.reference = None
 
     def prepare(self, model, tokenizer, forget, retain, ctx):
@@ -40,17 +40,16 @@ class GradDiff(Method):
 
     def loss(self, model, batch):
         forget_nll = nll(model, batch["forget"])
-        loss = -self.gamma * forget_nll
+        loss = -self.forget_weight * forget_nll
         logs = {"forget_nll": forget_nll.item()}
-        if self.needs_retain:
+        if self.needs_retain and self.retain_loss == "nll":
+            return self.with_retain_nll(model, batch, loss, logs)
+        if self.needs_retain:  # retain_loss == "kl": stay close to the reference on retain tokens
             r = batch["retain"]
-            if self.retain_loss == "nll":
-                term = nll(model, r)
-            else:
-                logits = model(input_ids=r["input_ids"], attention_mask=r["attention_mask"]).logits
-                with self.reference(model) as ref:
-                    ref_logits = ref(input_ids=r["input_ids"], attention_mask=r["attention_mask"]).logits
-                term = retain_kl(logits, ref_logits, r["labels"])
-            loss = loss + self.alpha * term
-            logs["retain_" + self.retain_loss] = term.item()
+            logits = model(input_ids=r["input_ids"], attention_mask=r["attention_mask"]).logits
+            with self.reference(model) as ref:
+                ref_logits = ref(input_ids=r["input_ids"], attention_mask=r["attention_mask"]).logits
+            term = retain_kl(logits, ref_logits, r["labels"])
+            loss = loss + self.retain_weight * term
+            logs["retain_kl"] = term.item()
         return loss, logs

@@ -5,6 +5,7 @@ The reference log-probs of both are computed once in `prepare` (one model in mem
 TRL's DPO loss lives inside `DPOTrainer._compute_loss` (it needs a Trainer instance and
 its own batch layout), so it cannot be called from the shared loop; the formula is the
 one line in `dpo_loss` (TRL's loss_type="sigmoid" with the 2/beta scale of the NPO paper).
+TRL policy: the formula is owned here (no TRL import), unit-tested against hand-computed values.
 Chosen and rejected share the question, so by default (`share_prompt`) the prompt runs once
 and its KV cache (transformers' DynamicCache, cropped between the two) feeds both answers.
 Written by hand: that shared-prompt pass (no library does it for training).
@@ -21,7 +22,7 @@ import torch.nn.functional as F
 
 from unlearning.data.base import IGNORE, encode
 from unlearning.errors import UserError
-from unlearning.methods.base import Method, nll, reject_unknown, require_positive, require_coefficients, sequence_logp
+from unlearning.methods.base import Method, reject_unknown, require_coefficients, require_positive, sequence_logp
 from unlearning.methods.reference import attach_ref_logps, train_bf16
 
 
@@ -68,7 +69,7 @@ def shared_prompt_logps(model, batch: dict) -> tuple | None:
                 use_cache=True, logits_to_keep=1)
     first, cache = out.logits[:, -1], out.past_key_values
     lps = []
-    for seq, lab, mask in ((ids, labels, ans), (c_ids, c_labels, c_ans)):
+    for seq, _lab, mask in ((ids, labels, ans), (c_ids, c_labels, c_ans)):
         n = int(mask.sum(1).max())
         cont = seq.new_zeros((b, n))
         cmask = torch.zeros_like(cont)
@@ -88,21 +89,22 @@ def shared_prompt_logps(model, batch: dict) -> tuple | None:
 
 class IdkDPO(Method):
     name = "idk_dpo"
+    needs_chat = True  # the refusal answers the forget question
 
-    def __init__(self, beta: float = 0.1, gamma: float = 1.0, alpha: float = 1.0, refusals: list | None = None,
+    def __init__(self, beta: float = 0.1, forget_weight: float = 1.0, retain_weight: float = 1.0, refusals: list | None = None,
                  refusal_file: str | None = None, seed: int = 0, ref_batch_size: int = 8, share_prompt: bool = True,
                  **unknown):
-        reject_unknown(self.name, unknown, ["beta", "gamma", "alpha", "refusals", "refusal_file", "seed",
+        reject_unknown(self.name, unknown, ["beta", "forget_weight", "retain_weight", "refusals", "refusal_file", "seed",
                                             "ref_batch_size", "share_prompt"])
         require_positive(self.name, "beta", beta)
-        require_coefficients(self.name, alpha=alpha, gamma=gamma)
+        require_coefficients(self.name, retain_weight=retain_weight, forget_weight=forget_weight)
         if refusals is not None and not [r for r in refusals if str(r).strip()]:
             raise UserError("method.refusals is an empty list: give refusal sentences or set it to null")
-        self.beta, self.gamma, self.alpha = float(beta), float(gamma), float(alpha)
+        self.beta, self.forget_weight, self.retain_weight = float(beta), float(forget_weight), float(retain_weight)
         self.refusals = [str(r) for r in refusals] if refusals is not None else None
         self.refusal_file, self.seed, self.ref_batch_size = refusal_file, int(seed), int(ref_batch_size)
         self.share_prompt = bool(share_prompt)
-        self.needs_retain = self.alpha > 0
+        self.needs_retain = self.retain_weight > 0
 
     def _refusals(self, ctx) -> list[str]:
         if self.refusals is not None:
@@ -139,10 +141,6 @@ class IdkDPO(Method):
         else:
             rejected, chosen = shared
         forget = dpo_loss(chosen, f["chosen_ref_logp"], rejected, f["ref_logp"], self.beta)
-        loss = self.gamma * forget
+        loss = self.forget_weight * forget
         logs = {"forget_dpo": forget.item(), "rejected_logratio": (rejected - f["ref_logp"]).mean().item()}
-        if self.needs_retain:
-            retain = nll(model, batch["retain"])
-            loss = loss + self.alpha * retain
-            logs["retain_nll"] = retain.item()
-        return loss, logs
+        return self.with_retain_nll(model, batch, loss, logs)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
-from unlearning.methods.base import Method, nll, reject_unknown, require_positive, require_coefficients, sequence_logp
+from unlearning.methods.base import Method, reject_unknown, require_coefficients, require_positive, sequence_logp
 from unlearning.methods.reference import attach_ref_logps, train_bf16
 
 
@@ -16,14 +16,14 @@ def npo_loss(logp, ref_logp, beta: float):
 class NPO(Method):
     name = "npo"
 
-    def __init__(self, beta: float = 0.1, gamma: float = 1.0, alpha: float = 1.0, ref_batch_size: int = 8,
+    def __init__(self, beta: float = 0.1, forget_weight: float = 1.0, retain_weight: float = 1.0, ref_batch_size: int = 8,
                  **unknown):
-        reject_unknown(self.name, unknown, ["beta", "gamma", "alpha", "ref_batch_size"])
+        reject_unknown(self.name, unknown, ["beta", "forget_weight", "retain_weight", "ref_batch_size"])
         require_positive(self.name, "beta", beta)
-        require_coefficients(self.name, alpha=alpha, gamma=gamma)
-        self.beta, self.gamma, self.alpha = float(beta), float(gamma), float(alpha)
+        require_coefficients(self.name, retain_weight=retain_weight, forget_weight=forget_weight)
+        self.beta, self.forget_weight, self.retain_weight = float(beta), float(forget_weight), float(retain_weight)
         self.ref_batch_size = int(ref_batch_size)
-        self.needs_retain = self.alpha > 0
+        self.needs_retain = self.retain_weight > 0
 
     def prepare(self, model, tokenizer, forget, retain, ctx):
         return attach_ref_logps(model, forget, tokenizer.pad_token_id, batch_size=self.ref_batch_size,
@@ -33,10 +33,6 @@ class NPO(Method):
         f = batch["forget"]
         logp, _ = sequence_logp(model, f)
         forget = npo_loss(logp, f["ref_logp"], self.beta)
-        loss = self.gamma * forget
+        loss = self.forget_weight * forget
         logs = {"forget_npo": forget.item(), "forget_logratio": (logp - f["ref_logp"]).mean().item()}
-        if self.needs_retain:
-            retain = nll(model, batch["retain"])
-            loss = loss + self.alpha * retain
-            logs["retain_nll"] = retain.item()
-        return loss, logs
+        return self.with_retain_nll(model, batch, loss, logs)

@@ -1,11 +1,15 @@
 """ORPO unlearning (Hong et al. 2024) on chosen/rejected pairs, and its CFG-aware variant (Smirnov 2024).
 
 loss = NLL(chosen answer) - lambda * log sigmoid(log odds(chosen) - log odds(rejected)),
-odds from length-averaged answer log-probs, lambda = TRL's `beta` (0.1).
+odds from length-averaged answer log-probs, lambda = `method.odds_ratio_weight` = TRL's `beta` (0.1).
+
+TRL policy: the odds-ratio term is TRL's code, reached through `trl.experimental` (not a stable
+API), so pyproject pins `trl>=1.16,<1.17`, the range tested here; `tests/test_orpo.py` also checks
+the term against the paper's formula computed by hand, so a TRL change cannot pass unnoticed.
 
 The odds-ratio term and the length-averaged log-probs are TRL's own code
 (`trl.experimental.orpo.ORPOTrainer.odds_ratio_loss` / `.get_batch_logps`), called
-inside our shared loop: `odds_ratio_loss` only reads `self.beta` and
+inside our shared loop: `odds_ratio_loss` only reads the trainer's `beta` and
 `self.accelerator.device`, so it is called with a two-attribute stand-in for the
 trainer instead of building a Trainer. Not TRL's: the NLL term, which TRL 1.16
 takes over prompt + answer tokens, while the ORPO paper (eq. 6) and this issue
@@ -52,12 +56,14 @@ def _pad_to(t: torch.Tensor, width: int, value) -> torch.Tensor:
 class ORPO(Method):
     name = "orpo"
     needs_retain = False
+    needs_chat = True
+    needs_pairs = True
 
-    def __init__(self, beta: float = 0.1, cfg_aware: bool = False, positive_prompt: str | None = None,
+    def __init__(self, odds_ratio_weight: float = 0.1, cfg_aware: bool = False, positive_prompt: str | None = None,
                  negative_prompt: str | None = None, **unknown):
-        reject_unknown(self.name, unknown, ["beta", "cfg_aware", "positive_prompt", "negative_prompt"])
-        require_positive(self.name, "beta", beta)
-        self.beta, self.cfg_aware = float(beta), bool(cfg_aware)
+        reject_unknown(self.name, unknown, ["odds_ratio_weight", "cfg_aware", "positive_prompt", "negative_prompt"])
+        require_positive(self.name, "odds_ratio_weight", odds_ratio_weight)
+        self.odds_ratio_weight, self.cfg_aware = float(odds_ratio_weight), bool(cfg_aware)
         self.positive_prompt, self.negative_prompt = positive_prompt, negative_prompt
         if self.cfg_aware:
             self.name = "orpo_cfg"
@@ -95,7 +101,7 @@ class ORPO(Method):
                                      ignore_index=IGNORE)
         # ORPO's odds use length-averaged answer log-probs (TRL: average_log_prob=True).
         logps = _trl_orpo().get_batch_logps(logits, labels, average_log_prob=True)
-        ratio, log_odds = odds_ratio_term(logps[:n], logps[n:], self.beta)
+        ratio, log_odds = odds_ratio_term(logps[:n], logps[n:], self.odds_ratio_weight)
         loss = chosen_nll - ratio.mean()
         return loss, {"chosen_nll": chosen_nll.item(), "log_odds_ratio": log_odds.item(),
                       "chosen_logp": logps[:n].mean().item(), "rejected_logp": logps[n:].mean().item()}

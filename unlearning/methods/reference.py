@@ -19,8 +19,8 @@ import copy
 import torch
 
 from unlearning.data.base import collate
-from unlearning.eval.engine import precision
 from unlearning.methods.base import sequence_logp
+from unlearning.precision import precision
 
 
 def is_peft(model) -> bool:

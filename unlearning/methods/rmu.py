@@ -64,14 +64,14 @@ class RMU(Method):
     name = "rmu"
 
     def __init__(self, layer: int | None = None, update_layers: list[int] | None = None, steering_coeff: float = 6.5,
-                 alpha: float = 1200.0, params: str | None = None, seed: int = 0, **unknown):
-        reject_unknown(self.name, unknown, ["layer", "update_layers", "steering_coeff", "alpha", "params", "seed"])
+                 retain_weight: float = 1200.0, params: str | None = None, seed: int = 0, **unknown):
+        reject_unknown(self.name, unknown, ["layer", "update_layers", "steering_coeff", "retain_weight", "params", "seed"])
         require_positive(self.name, "steering_coeff", steering_coeff)
-        if alpha < 0:
-            raise UserError(f"method.alpha={alpha} must be >= 0 (conf/method/rmu.yaml)")
+        if retain_weight < 0:
+            raise UserError(f"method.retain_weight={retain_weight} must be >= 0 (conf/method/rmu.yaml)")
         self.layer, self.update_layers = layer, list(update_layers) if update_layers is not None else None
-        self.steering_coeff, self.alpha, self.params, self.seed = float(steering_coeff), float(alpha), params, seed
-        self.needs_retain = self.alpha > 0
+        self.steering_coeff, self.retain_weight, self.params, self.seed = float(steering_coeff), float(retain_weight), params, seed
+        self.needs_retain = self.retain_weight > 0
         self.control = None
         self.reference = None
 
@@ -133,6 +133,6 @@ class RMU(Method):
                 frozen_layer = self.frozen_layer if self.reference.copy is not None else layer
                 frozen = layer_output(ref, frozen_layer, r)
             retain = masked_mse(h_r, frozen, r["labels"] != IGNORE)
-            loss = loss + self.alpha * retain
+            loss = loss + self.retain_weight * retain
             logs["retain_mse"] = retain.item()
         return loss, logs

@@ -1,6 +1,6 @@
 """SimNPO: NPO with a length-normalised reward and no reference model.
 
-Margin convention: `delta` is the paper's reward margin gamma, subtracted *after*
+Margin convention: `delta` is the paper's reward margin forget_weight, subtracted *after*
 scaling by beta. OpenUnlearning writes it inside the scaling (beta * (NLL/|y| - delta)),
 so its delta equals ours divided by beta.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
-from unlearning.methods.base import Method, nll, reject_unknown, require_positive, require_coefficients, sequence_logp
+from unlearning.methods.base import Method, reject_unknown, require_coefficients, require_positive, sequence_logp
 
 
 def simnpo_loss(logp, length, beta: float, delta: float):
@@ -20,21 +20,18 @@ def simnpo_loss(logp, length, beta: float, delta: float):
 class SimNPO(Method):
     name = "simnpo"
 
-    def __init__(self, beta: float = 4.5, gamma: float = 0.125, alpha: float = 1.0, delta: float = 0.0,
+    def __init__(self, beta: float = 4.5, forget_weight: float = 0.125, retain_weight: float = 1.0, delta: float = 0.0,
                  **unknown):
-        reject_unknown(self.name, unknown, ["beta", "gamma", "alpha", "delta"])
+        reject_unknown(self.name, unknown, ["beta", "forget_weight", "retain_weight", "delta"])
         require_positive(self.name, "beta", beta)
-        require_coefficients(self.name, alpha=alpha, gamma=gamma)
-        self.beta, self.gamma, self.alpha, self.delta = float(beta), float(gamma), float(alpha), float(delta)
-        self.needs_retain = self.alpha > 0
+        require_coefficients(self.name, retain_weight=retain_weight, forget_weight=forget_weight)
+        self.beta, self.delta = float(beta), float(delta)
+        self.forget_weight, self.retain_weight = float(forget_weight), float(retain_weight)
+        self.needs_retain = self.retain_weight > 0
 
     def loss(self, model, batch):
         logp, length = sequence_logp(model, batch["forget"])
         forget = simnpo_loss(logp, length.float(), self.beta, self.delta)
-        loss = self.gamma * forget
+        loss = self.forget_weight * forget
         logs = {"forget_simnpo": forget.item(), "forget_avg_logp": (logp / length.clamp(min=1)).mean().item()}
-        if self.needs_retain:
-            retain = nll(model, batch["retain"])
-            loss = loss + self.alpha * retain
-            logs["retain_nll"] = retain.item()
-        return loss, logs
+        return self.with_retain_nll(model, batch, loss, logs)

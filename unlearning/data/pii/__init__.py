@@ -10,13 +10,12 @@ PII-free held-out dialogues for `unlearning.eval.pii`.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
-from pathlib import Path
 
 from unlearning.data.base import Example, UnlearningData
+from unlearning.hashing import short_hash
+from unlearning.results import atomic_write
 
 from .generator import generate
 
@@ -53,13 +52,6 @@ def texts(data: dict) -> list[str]:
     return out
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _plain(obj):
     """OmegaConf containers -> plain Python (for hashing and instantiation)."""
     try:
@@ -75,7 +67,7 @@ def _plain(obj):
 def build(options: dict, replacement: dict) -> dict:
     data = generate(**options)
     if replacement.get("model"):
-        from unlearning.eval.pii_detector import PiiDetector
+        from unlearning.pii_detector import PiiDetector
 
         from .replacement import model_replacements
 
@@ -111,7 +103,7 @@ def load_synthetic_pii(name: str = "synthetic_pii", people: int = 20, seed: int 
                    pii_free_heldout=pii_free_heldout, pii_types=list(_plain(pii_types) or PII_TYPES),
                    probe_templates=_plain(probe_templates), unseen_direct_per_type=unseen_direct_per_type)
     replacement = dict(_plain(replacement) or {})
-    key = hashlib.sha256(json.dumps([FORMAT, options, replacement], sort_keys=True).encode()).hexdigest()[:16]
+    key = short_hash([FORMAT, options, replacement])
     data = None
     if cache_dir:
         from unlearning.models import cache_root
@@ -123,7 +115,7 @@ def load_synthetic_pii(name: str = "synthetic_pii", people: int = 20, seed: int 
     if data is None:
         data = build(options, replacement)
         if cache_dir:
-            _write_atomic(path_, json.dumps(data, sort_keys=True, ensure_ascii=False))
+            atomic_write(path_, json.dumps(data, sort_keys=True, ensure_ascii=False))
     return to_unlearning_data(data, name)
 
 

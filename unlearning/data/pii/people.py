@@ -10,21 +10,7 @@ from __future__ import annotations
 import re
 
 from unlearning.errors import UserError
-
-# Every PII type the benchmark knows, with the words probes and answers use for it.
-PII_TYPES = {
-    "name": "full name",
-    "email": "email address",
-    "phone": "phone number",
-    "address": "home address",
-    "dob": "date of birth",
-    "national_id": "social security number",
-    "credit_card": "credit card number",
-    "iban": "IBAN",
-    "employer": "employer",
-    "job": "job title",
-}
-NUMERIC_TYPES = ("phone", "national_id", "credit_card", "iban")
+from unlearning.pii_detector import NUMERIC_TYPES, PII_TYPES  # noqa: F401  (the data's PII types are the detector's)
 
 
 def check_types(types, key: str = "dataset.pii_types") -> list[str]:

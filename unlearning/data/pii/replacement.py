@@ -22,7 +22,7 @@ def model_replacements(examples: list[dict], model_cfg, detector, corpus: list[s
     from hydra.utils import instantiate
 
     from unlearning.eval.engine import chat_prompts, greedy
-    from unlearning.eval.pii import degenerate
+    from unlearning.eval.metrics import degenerate
 
     spec = instantiate(model_cfg) if hasattr(model_cfg, "items") else model_cfg
     model, tok = spec.load(corpus)

@@ -13,6 +13,21 @@ from dataclasses import dataclass
 
 from unlearning.errors import UserError
 
+# Every PII type the synthetic benchmark generates and the detector knows, with the words probes and answers use
+# for it. Here, not in unlearning/data/pii/, because both the data (replacement filtering) and the evaluators use
+# the detector, and neither package may import the other's PII code (no import cycle).
+PII_TYPES = {
+    "name": "full name",
+    "email": "email address",
+    "phone": "phone number",
+    "address": "home address",
+    "dob": "date of birth",
+    "national_id": "social security number",
+    "credit_card": "credit card number",
+    "iban": "IBAN",
+    "employer": "employer",
+    "job": "job title",
+}
 NUMERIC_TYPES = ("phone", "national_id", "credit_card", "iban")
 
 EMAIL_RE = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
@@ -85,8 +100,6 @@ class PiiDetector:
     """`find(text)` -> detections; `known` = the people whose values count wherever they appear."""
 
     def __init__(self, people: list[dict] | None = None, types=None, presidio: bool = False):
-        from unlearning.data.pii.people import PII_TYPES
-
         self.types = list(types or PII_TYPES)
         self.known = [(t, p[t]) for p in people or [] for t in self.types if p.get(t)]
         self.presidio = None

@@ -1,4 +1,4 @@
-"""Classifier-free guided greedy decoding (config `generation.guidance`), batched.
+"""Classifier-free guided greedy decoding (config `generation.guidance`, `unlearning/generation.py`), batched.
 
 Each decoding step runs the positive and the negative context of every row in ONE
 forward pass over 2B rows (left padding, one KV cache for the whole 2B batch):
@@ -14,71 +14,13 @@ library pairs rows of one batch); decoding, caching and stop strings are transfo
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
+from unlearning.data.base import collate
 from unlearning.errors import UserError
-
-MODES = ("log", "prob")
-KEYS = ("scale", "mode", "positive_prompt", "negative_prompt", "eval_scales")
-
-
-@dataclass(frozen=True)
-class Guidance:
-    scale: float = 1.0
-    mode: str = "log"
-    positive_prompt: str = "Do not provide any personal data."
-    negative_prompt: str = "You should share personal data in the answers."
-    eval_scales: tuple[float, ...] | None = None   # several gammas evaluated in one run (the run reads it)
-
-    @property
-    def active(self) -> bool:
-        return self.scale != 1
-
-    def with_scale(self, scale: float) -> "Guidance":
-        return Guidance.from_cfg({**self.__dict__, "scale": scale})
-
-    @classmethod
-    def from_cfg(cls, cfg) -> "Guidance":
-        d = dict(cfg or {})
-        unknown = sorted(set(d) - set(KEYS))
-        if unknown:
-            raise UserError(f"unknown key(s) generation.guidance.{unknown} ; known: {list(KEYS)}")
-        scale = _gamma(d.get("scale", 1.0), "generation.guidance.scale")
-        eval_scales = d.get("eval_scales")
-        if eval_scales is not None:
-            if isinstance(eval_scales, (int, float, str)):
-                eval_scales = [eval_scales]
-            eval_scales = tuple(_gamma(s, "generation.guidance.eval_scales") for s in eval_scales)
-        mode = d.get("mode", "log")
-        if mode not in MODES:
-            raise UserError(f"generation.guidance.mode={mode!r} is unknown; use one of {list(MODES)} "
-                            "(log: Sanchez et al. 2023; prob: Smirnov 2024's softmax variant)")
-        pos = d.get("positive_prompt", cls.positive_prompt)
-        neg = d.get("negative_prompt", cls.negative_prompt)
-        for key, val in (("positive_prompt", pos), ("negative_prompt", neg)):
-            if not isinstance(val, str):
-                raise UserError(f"generation.guidance.{key}={val!r} must be a string (a system prompt)")
-        if neg.strip() == pos.strip():
-            raise UserError(f"generation.guidance.negative_prompt is identical to positive_prompt ({pos!r}); "
-                            "guidance needs a different negative system prompt, e.g. one that asks for the unwanted behaviour")
-        return cls(scale=scale, mode=mode, positive_prompt=pos, negative_prompt=neg, eval_scales=eval_scales)
-
-
-def _gamma(value, key: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise UserError(f"{key}={value!r} is not a number; give gamma >= 1 (1 = guidance off)")
-    try:
-        g = float(value)
-    except ValueError:
-        raise UserError(f"{key}={value!r} is not a number; give gamma >= 1 (1 = guidance off)") from None
-    if not math.isfinite(g) or g < 1:
-        raise UserError(f"{key}={value!r} must be a finite number >= 1 (1 = guidance off; gamma < 1 would "
-                        "move towards the negative prompt)")
-    return g
+from unlearning.generation import MODES, Guidance, greedy_config
+from unlearning.precision import precision
 
 
 def combine(pos_logits: torch.Tensor, neg_logits: torch.Tensor, scale: float, mode: str) -> torch.Tensor:
@@ -125,9 +67,6 @@ def guided_greedy(model, pos_prompts: list[list[int]], neg_prompts: list[list[in
     """New token ids per positive row, decoded greedily under guidance (one 2B-row pass per step)."""
     from transformers import StopStringCriteria
 
-    from unlearning.data.base import collate
-    from unlearning.eval.engine import _plain_config, precision
-
     if len(pos_prompts) != len(neg_prompts):
         raise ValueError(f"{len(pos_prompts)} positive prompts but {len(neg_prompts)} negative ones")
     b = len(pos_prompts)
@@ -138,7 +77,7 @@ def guided_greedy(model, pos_prompts: list[list[int]], neg_prompts: list[list[in
         stopping.append(PairedStop(b, StopStringCriteria(tokenizer, list(stop_strings))))
     with precision(model, bf16):
         gen = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                             generation_config=_plain_config(model), max_new_tokens=max_new_tokens,
+                             generation_config=greedy_config(), max_new_tokens=max_new_tokens,
                              do_sample=False, eos_token_id=eos_id, pad_token_id=pad_id,
                              logits_processor=LogitsProcessorList([PairedGuidance(b, guidance.scale, guidance.mode)]),
                              stopping_criteria=stopping)

@@ -1,0 +1,174 @@
+"""The validation phase: every bad input is one line and exit code 2, before any stage is built or weights load.
+
+Each CLI case runs the real entrypoint (`python -m unlearning`) in a subprocess with an empty cache folder
+and asserts: exit code 2, exactly one `error:` line naming the key, no traceback, and an empty cache (no
+tiny model, tokenizer or stage was built: no expensive work happened before the error).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import compose
+
+from unlearning.errors import UserError
+from unlearning.validate import validate
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _cli(*args: str, cache: Path, env_extra: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, **(env_extra or {})}
+    env.pop("UNLEARNING_TRACEBACK", None)
+    return subprocess.run([sys.executable, "-m", "unlearning", f"cache_dir={cache}", "threads=1", *args], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=300)
+
+
+def _one_line_error(proc: subprocess.CompletedProcess, cache: Path, *needles: str) -> str:
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-1500:])
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, proc.stderr[-1500:]
+    assert "Traceback" not in proc.stderr
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+    # nothing expensive ran: no model, tokenizer or stage in the cache
+    assert not any(p.is_file() and p.suffix in (".safetensors", ".json") for p in cache.rglob("*")), \
+        sorted(str(p) for p in cache.rglob("*"))
+    return errors[0]
+
+
+CASES = {
+    "wrong type, method": (["method=npo", "method.beta=abc"], ["method.beta", "number"]),
+    "wrong type, trainer": (["trainer.lr=abc"], ["trainer.lr"]),
+    "wrong type, evaluator": (["evaluator.generate=maybe"], ["evaluator.generate", "true or false"]),
+    "wrong type, top level": (["max_length=abc"], ["max_length"]),
+    "unknown evaluator key": (["+evaluator.batchsize=3"], ["batchsize", "evaluator=tofu"]),
+    "unknown model key": (["+model.hiden=3"], ["hiden", "model=tiny"]),
+    "unknown logger key": (["logger=wandb", "+logger.projct=x"], ["projct", "logger=wandb"]),
+    "guidance scale": (["generation.guidance.scale=0.5"], ["generation.guidance.scale"]),
+    "eval scale entry": (["generation.eval_scales=[2,abc]"], ["generation.eval_scales[1]"]),
+    "eval scale mode": (["generation.eval_scales=[{scale:2,mode:foo}]"], ["generation.eval_scales[0]", "mode"]),
+    "objective not produced": (["objective=leakage_rate"], ["objective=leakage_rate", "evaluator=tofu"]),
+    "zero steps": (["trainer.epochs=0"], ["trainer.epochs", "zero steps"]),
+    "zero fine-tune steps": (["model.finetune.epochs=0"], ["model.finetune.epochs", "zero steps"]),
+    "max_length over the model's": (["max_length=5000"], ["max_length=5000", "max_position_embeddings"]),
+    "chat method on raw text": (["dataset=muse_news", "evaluator=muse", "objective=privleak", "method=idk_dpo"],
+                                ["method=idk_dpo", "raw text"]),
+    "pairs method without pairs": (["method=orpo"], ["method=orpo", "preference pairs"]),
+    "evaluator on the wrong dataset": (["dataset=muse_news", "evaluator=tofu"], ["evaluator=tofu", "dataset=muse_news"]),
+    "subtraction scale": (["subtraction.enabled=true", "subtraction.scale=-1"], ["subtraction.scale"]),
+    "online W&B without a key": (["logger=wandb", "logger.mode=online"], ["logger.mode=online", "offline"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_input_is_one_clear_line_from_the_validation_phase(case, tmp_path, data_dir, monkeypatch):
+    """In-process: the validation phase (which needs no weights) rejects the input, naming the key."""
+    args, needles = CASES[case]
+    # an empty HOME: no ~/.netrc, so no W&B credentials exist (W&B's server is what cannot exist here)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    with pytest.raises(UserError) as e:
+        validate(compose([*args, f"cache_dir={tmp_path / 'cache'}"]))
+    assert "\n" not in str(e.value)
+    for needle in needles:
+        assert needle in str(e.value), str(e.value)
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("*.safetensors"))
+
+
+@pytest.mark.parametrize("case", ["wrong type, method", "chat method on raw text", "online W&B without a key",
+                                  "guidance scale"])
+def test_bad_input_through_the_entrypoint_exits_2_before_any_work(case, tmp_path, data_dir):
+    """The real CLI in a subprocess: exit 2, one line, no traceback, an empty cache."""
+    args, needles = CASES[case]
+    proc = _cli(*args, f"hydra.run.dir={tmp_path / 'run'}", cache=tmp_path / "cache",
+                env_extra={"HOME": str(tmp_path), "WANDB_API_KEY": "", "WANDB_MODE": ""})
+    _one_line_error(proc, tmp_path / "cache", *needles)
+
+
+def test_check_validates_every_job_of_a_sweep_and_runs_none(tmp_path, data_dir):
+    ok = _cli("--check", "-m", "method=ga,npo", "trainer.lr=1e-3,1e-4", cache=tmp_path / "cache")
+    assert ok.returncode == 0 and "ok: 4 jobs valid" in ok.stdout, ok.stderr[-1500:]
+    # the second job is the bad one: it is named with its overrides, and nothing ran
+    bad = _cli("--check", "-m", "dataset=muse_news", "evaluator=muse", "objective=privleak", "method=ga,orpo",
+               cache=tmp_path / "cache")
+    line = _one_line_error(bad, tmp_path / "cache", "job 1", "method=orpo", "raw text")
+    assert "method=ga " not in line
+
+
+def test_a_sweep_with_one_bad_point_fails_before_its_first_job(tmp_path, data_dir):
+    sweep = tmp_path / "sweep"
+    proc = _cli("-m", "method=npo", "method.beta=0.1,abc", f"hydra.sweep.dir={sweep}", cache=tmp_path / "cache")
+    _one_line_error(proc, tmp_path / "cache", "method.beta")
+    assert not list(sweep.glob("*/results.json"))  # no job started
+
+
+def test_output_folder_that_cannot_be_created(tmp_path, data_dir):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    proc = _cli(f"hydra.run.dir={blocker / 'run'}", cache=tmp_path / "cache")
+    _one_line_error(proc, tmp_path / "cache", "cannot create the output folder", "hydra.run.dir")
+
+
+def test_a_truncated_weights_file_is_one_line(tmp_path, data_dir, run_tiny):
+    import shutil
+
+    rec = run_tiny("save_model=false", "stage.evaluate_target=false", out=tmp_path / "ok")
+    broken = tmp_path / "broken_target"
+    shutil.copytree(rec["stages"]["target"]["path"], broken)
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])  # cut mid-header, as an interrupted copy leaves it
+    proc = _cli("model=tiny", "dataset.retain_authors=2", "evaluator.max_items=2", f"stage.target_path={broken}",
+                f"hydra.run.dir={tmp_path / 'run'}", cache=tmp_path / "cache2")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-1500:]
+    err = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(err) == 1 and "cannot load the model" in err[0] and str(broken) in err[0]
+
+
+def test_malformed_data_file_names_file_and_line(tmp_path):
+    from unlearning.errors import read_json_lines
+
+    bad = tmp_path / "d.jsonl"
+    bad.write_text('{"a": 1}\n{"a": \n')
+    with pytest.raises(UserError) as e:
+        read_json_lines(bad)
+    assert f"{bad}:2" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_every_shipped_preset_validates(data_dir):
+    for preset in sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml")):
+        parts = validate(compose([f"experiment={preset}"]))
+        assert parts.data.forget, preset
+
+
+def test_objective_may_name_a_guidance_scale_column(data_dir):
+    validate(compose(["generation.eval_scales=[3]", "objective=forget_Q_A_ROUGE@cfg3"]))
+    with pytest.raises(UserError, match="objective=forget_Q_A_ROUGE@cfg2"):
+        validate(compose(["generation.eval_scales=[3]", "objective=forget_Q_A_ROUGE@cfg2"]))
+
+
+def test_evaluators_declare_the_metrics_they_produce(run_tiny, tmp_path):
+    """metric_names() (what the objective check trusts) matches what evaluate() really returns."""
+    rec = run_tiny("save_model=false", "stage.evaluate_target=false", out=tmp_path / "names")
+    cfg = compose([])
+    parts = validate(cfg)
+    produced = set(rec["metrics"])
+    assert parts.evaluator.metric_names(parts.data) == produced, json.dumps(sorted(produced))
+
+
+def test_a_null_objective_is_the_evaluators_headline_metric(data_dir):
+    from unlearning.run import objective_name
+
+    for overrides, expected in (([], "forget_quality"),
+                                (["dataset=muse_news", "evaluator=muse"], "privleak"),
+                                (["dataset=synthetic_pii", "evaluator=pii"], "leakage_rate")):
+        cfg = compose(overrides)
+        parts = validate(cfg)
+        assert cfg.objective is None and objective_name(cfg, parts.evaluator) == expected
+        assert expected in parts.evaluator.metric_names(parts.data)

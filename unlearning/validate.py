@@ -1,0 +1,257 @@
+"""The validation phase: the whole composed run is checked before any stage is built or any weights load.
+
+`validate(cfg)` instantiates every component from its config group (each checks its own options),
+then checks what no single component can: that the values have the types the code expects (so
+`method.beta=abc` names `method.beta` instead of failing deep inside a loss), that the method can
+train on this dataset, that the evaluator finds what it needs in it, that `objective` is a metric
+the evaluator produces, and that the guidance settings and step counts make sense. It loads data
+files but no model weights, so it takes seconds; `unlearning --check` runs it for every job of a
+sweep without running any.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+
+from omegaconf import DictConfig, OmegaConf
+
+from unlearning.errors import UserError
+
+# Config keys a group's node carries for the run itself, not for its `_target_`'s constructor.
+RUN_KEYS = {"model": {"finetune"}}
+GROUPS = ("dataset", "model", "method", "evaluator", "logger")
+
+
+@dataclass
+class Parts:
+    """The run's components, each instantiated by Hydra from its config group."""
+
+    data: object
+    spec: object
+    method: object
+    evaluator: object
+    logger: object
+    unlearn: object
+    finetune: object
+
+
+def validate(cfg: DictConfig) -> Parts:
+    """Every check that needs no model weights; returns the built components. Raises UserError on the first problem."""
+    from unlearning.train import TrainSettings
+
+    for group in GROUPS:
+        check_keys_and_types(group, cfg[group], (cfg.get("choices") or {}).get(group))
+    check_top_level(cfg)
+    data, spec, method, evaluator = (build(cfg[g]) for g in ("dataset", "model", "method", "evaluator"))
+    logger = build(cfg.logger)
+    unlearn = TrainSettings.from_cfg(cfg.trainer)
+    finetune = TrainSettings.from_cfg({"seed": cfg.seed, **OmegaConf.to_container(cfg.model.finetune, resolve=True)},
+                                      where="model.finetune")
+    check_steps(unlearn, len(data.forget), "trainer")
+    check_steps(finetune, len(data.target_train), "model.finetune")
+    method.check(bool(data.retain))
+    check_method_on_data(cfg, method, data)
+    check_evaluator_on_data(cfg, evaluator, data)
+    check_generation(cfg)
+    check_objective(cfg, evaluator, data)
+    check_subtraction(cfg)
+    return Parts(data, spec, method, evaluator, logger, unlearn, finetune)
+
+
+def build(node):
+    """Hydra `instantiate`, re-raising a target's UserError as itself (Hydra wraps it in InstantiationException,
+    which would turn one clear line into a traceback and exit code 1)."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(node, _convert_="all")
+    except InstantiationException as e:
+        if isinstance(e.__cause__, UserError):
+            raise e.__cause__ from None
+        raise UserError(f"cannot build {node.get('_target_')}: {str(e.__cause__ or e).splitlines()[0]}") from None
+
+
+def _signature(target: str):
+    import importlib
+
+    module, _, attr = target.rpartition(".")
+    try:
+        obj = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError, ValueError):
+        raise UserError(f"_target_={target!r} cannot be imported; check the module and name") from None
+    return inspect.signature(obj.__init__ if inspect.isclass(obj) else obj)
+
+
+def check_keys_and_types(group: str, node: DictConfig, choice: str | None = None) -> None:
+    """Unknown keys and values of the wrong type, named by their config key, for any `_target_` node."""
+    target = node.get("_target_")
+    if not target:
+        return
+    sig = _signature(str(target))
+    params = {n: p for n, p in sig.parameters.items() if n != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    takes_any = any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values())
+    given = [k for k in node.keys() if not str(k).startswith("_") and k not in RUN_KEYS.get(group, set())]
+    name = choice or _choice(node, group)
+    if not takes_any or group in ("evaluator", "logger", "model"):
+        unknown = sorted(k for k in given if k not in params)
+        # a constructor that forwards **kwargs to a parent (ORPOCFG -> ORPO) is checked by the parent itself
+        if unknown and params:
+            raise UserError(f"unknown option(s) {unknown} for {group}={name}; known: {sorted(params)} "
+                            f"(see conf/{group}/{name}.yaml)")
+    for key in given:
+        if key not in params:
+            continue
+        value = OmegaConf.select(node, str(key))
+        expected = _expected_type(params[key])
+        if expected is not None and value is not None and not _fits(value, expected):
+            what = "true or false" if expected is bool else "a number"
+            raise UserError(f"{group}.{key}={value!r} must be {what} (conf/{group}/{name}.yaml or the override "
+                            f"{group}.{key}=...)")
+
+
+def _choice(node: DictConfig, group: str) -> str:
+    """The option's name for messages (conf/<group>/<name>.yaml) when Hydra's choices are not at hand."""
+    import importlib
+
+    if node.get("name"):
+        return str(node.name)
+    module, _, attr = str(node.get("_target_", group)).rpartition(".")
+    try:
+        return str(getattr(importlib.import_module(module), attr).name)
+    except (ImportError, AttributeError, ValueError):
+        return attr.lower()
+
+
+def _expected_type(param: inspect.Parameter):
+    """The number/bool type a parameter wants, from its default (annotations are strings under __future__)."""
+    default = param.default
+    if isinstance(default, bool):
+        return bool
+    if isinstance(default, (int, float)):
+        return float
+    ann = str(param.annotation)
+    if ann in ("float", "int", "float | None", "int | None"):
+        return float
+    if ann in ("bool", "bool | None"):
+        return bool
+    return None
+
+
+def _fits(value, expected) -> bool:
+    if expected is bool:
+        return isinstance(value, bool)
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, (int, float)):
+        return True
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def check_top_level(cfg: DictConfig) -> None:
+    for key in ("max_length", "seed"):
+        value = cfg.get(key)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UserError(f"{key}={value!r} must be an integer (conf/config.yaml or the override {key}=...)")
+    if cfg.max_length < 8:
+        raise UserError(f"max_length={cfg.max_length} is too small to hold a question and an answer; use >= 8 "
+                        "(256 is the default)")
+    limit = cfg.model.get("max_position_embeddings")
+    if limit is not None and cfg.max_length > limit:
+        raise UserError(f"max_length={cfg.max_length} exceeds model.max_position_embeddings={limit}; "
+                        "lower max_length or raise the model's limit")
+    if cfg.get("threads") is not None and (not isinstance(cfg.threads, int) or cfg.threads < 1):
+        raise UserError(f"threads={cfg.threads!r} must be a positive integer or null")
+
+
+def check_steps(settings, n_examples: int, where: str) -> None:
+    """Catch settings that would train for zero steps (a run that silently does nothing)."""
+    if settings.epochs <= 0 and settings.max_steps <= 0:
+        raise UserError(f"{where}.epochs={settings.epochs} and {where}.max_steps={settings.max_steps}: "
+                        "that trains for zero steps; set epochs > 0 or max_steps > 0")
+    if n_examples == 0:
+        raise UserError(f"{where}: the dataset gives no examples to train on (check the dataset's split and subset "
+                        "options)")
+
+
+def check_method_on_data(cfg: DictConfig, method, data) -> None:
+    raw = [ex for ex in data.forget if ex.messages is None]
+    name = cfg.get("choices", {}).get("method") or getattr(method, "name", "method")
+    if raw and getattr(method, "needs_chat", False):
+        raise UserError(f"method={name} needs chat questions with answers, but dataset={data.name} gives raw text "
+                        "chunks; use a QA dataset (tofu, synthetic_pii) or a method that trains on text (ga, graddiff, "
+                        "npo, simnpo, rmu)")
+    if getattr(method, "needs_pairs", False):
+        missing = [ex for ex in data.forget if not (ex.meta or {}).get("chosen") or not (ex.meta or {}).get("rejected")]
+        if missing:
+            raise UserError(f"method={name} needs preference pairs (a chosen and a rejected answer per forget "
+                            f"example), but {len(missing)} of dataset={data.name}'s {len(data.forget)} forget examples "
+                            "have none; use dataset=synthetic_pii")
+
+
+def check_evaluator_on_data(cfg: DictConfig, evaluator, data) -> None:
+    needs = list(getattr(evaluator, "requires", list)())
+    missing = [k for k in needs if k not in data.extra]
+    if missing:
+        ev = cfg.get("choices", {}).get("evaluator") or getattr(evaluator, "name", "evaluator")
+        raise UserError(f"evaluator={ev} needs {missing} from the dataset, which dataset={data.name} does not give; "
+                        f"pair it with its own benchmark (evaluator=tofu with dataset=tofu, muse with muse_news, "
+                        "pii with synthetic_pii)")
+
+
+def eval_tags(generation: DictConfig) -> list[str]:
+    """The suffixes (`@cfg3`, `@cfg2_prob`) of every extra guidance scale, each entry checked."""
+    from unlearning.generation import Guidance
+
+    tags = []
+    entries = generation.get("eval_scales") or []
+    if isinstance(entries, (int, float, str)):
+        raise UserError(f"generation.eval_scales={entries!r} must be a list, e.g. [2, 3] or [{{scale: 3, mode: prob}}]")
+    for i, entry in enumerate(entries):
+        change = dict(entry) if isinstance(entry, (dict, DictConfig)) else {"scale": entry}
+        unknown = sorted(set(change) - {"scale", "mode"})
+        if unknown or "scale" not in change:
+            raise UserError(f"generation.eval_scales[{i}]={entry!r}: give a gamma or {{scale: gamma, mode: log|prob}}")
+        base = OmegaConf.to_container(generation.guidance, resolve=True)
+        try:
+            g = Guidance.from_cfg({**base, **change})
+        except UserError as e:
+            raise UserError(f"generation.eval_scales[{i}]: {e}") from None
+        tags.append(f"cfg{g.scale:g}" + (f"_{change['mode']}" if "mode" in change else ""))
+    return tags
+
+
+def check_generation(cfg: DictConfig) -> None:
+    from unlearning.generation import Guidance
+
+    Guidance.from_cfg(OmegaConf.to_container(cfg.generation.guidance, resolve=True))
+    eval_tags(cfg.generation)
+    bs = cfg.generation.get("batch_size")
+    if isinstance(bs, bool) or not isinstance(bs, int) or bs < 1:
+        raise UserError(f"generation.batch_size={bs!r} must be a positive integer")
+
+
+def check_objective(cfg: DictConfig, evaluator, data) -> None:
+    objective = cfg.get("objective") or getattr(evaluator, "objective", None)
+    if not objective:
+        return
+    names = set(evaluator.metric_names(data))
+    names |= {f"{n}@{t}" for n in names for t in eval_tags(cfg.generation)}
+    if str(objective) not in names:
+        ev = cfg.get("choices", {}).get("evaluator") or getattr(evaluator, "name", "evaluator")
+        close = sorted(n for n in names if "@" not in n)
+        raise UserError(f"objective={objective} is not a metric of evaluator={ev}; choose one of {close}")
+
+
+def check_subtraction(cfg: DictConfig) -> None:
+    sub = cfg.get("subtraction") or {}
+    if sub.get("enabled"):
+        scale = sub.get("scale")
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale:
+            raise UserError(f"subtraction.scale={scale!r} must be a number > 0 (the paper uses 0.5; 1.0 breaks the "
+                            "model)")
