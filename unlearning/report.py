@@ -15,20 +15,12 @@ import sys
 from pathlib import Path
 
 from unlearning.errors import UserError
-from unlearning.sweep import atomic_write, collect, metric_names, to_csv
+from unlearning.results import atomic_write
+from unlearning.sweep import collect, metric_names, parse_overrides, to_csv
 
 # (metric, higher is better). The first present one is the default axis.
 FORGET_DEFAULTS = [("forget_quality", True)]
 UTILITY_DEFAULTS = [("model_utility", True), ("utility", True)]
-
-
-def parse_overrides(overrides: list[str]) -> dict[str, str]:
-    out = {}
-    for o in overrides:
-        k, sep, v = o.lstrip("+~").partition("=")
-        if sep:
-            out[k] = v
-    return out
 
 
 def swept_params(rows: list[dict]) -> list[str]:

@@ -79,12 +79,18 @@ def job_row(job_dir: Path, sweep_dir: Path, job_return=None, wall_s: float | Non
     return row
 
 
-def _override(overrides: list[str], key: str) -> str | None:
+def parse_overrides(overrides: list[str]) -> dict[str, str]:
+    """`["+a.b=1", "c=x"]` -> `{"a.b": "1", "c": "x"}` (the report and the summary read job overrides with it)."""
+    out = {}
     for o in overrides:
-        k, _, v = o.lstrip("+~").partition("=")
-        if k == key:
-            return v
-    return None
+        k, sep, v = o.lstrip("+~").partition("=")
+        if sep:
+            out[k] = v
+    return out
+
+
+def _override(overrides: list[str], key: str) -> str | None:
+    return parse_overrides(overrides).get(key)
 
 
 def job_dirs(sweep_dir: Path) -> list[Path]:
