@@ -32,7 +32,13 @@ def test_whole_tiny_run(tmp_path):
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
     assert saved["metrics"] == record["metrics"]
     per_item = json.loads((tmp_path / "run" / "eval" / "pii.json").read_text())["per_item"]
-    assert len(per_item["probes"]) == 6 and {"answer", "leaked", "partial", "detected"} <= set(per_item["probes"][0])
+    assert len(per_item["probes"]) == 6 and {"answer", "leaked", "partial", "detected", "offtopic",
+                                              "cross_leaked"} <= set(per_item["probes"][0])
+    # what the objective check trusts (metric_names) is what evaluate() really produced
+    from unlearning.validate import validate
+
+    parts = validate(cfg)
+    assert parts.evaluator.metric_names(parts.data) == set(record["metrics"])
 
 
 def test_bad_pii_config_reaches_the_run_as_one_clear_line(tmp_path):
