@@ -96,6 +96,10 @@ class TinyLlama:
         self.cache_dir = cache_dir
         self.dtype = dtype
 
+    def load_kwargs(self) -> dict:
+        """How any checkpoint of this model loads (the stages, the model to unlearn, the baselines)."""
+        return {"dtype": self.dtype}
+
     def fingerprint(self) -> dict:
         # The corpus (which the tokenizer is trained on) is hashed by the stage key itself.
         return {"kind": "tiny", **self.cfg}
@@ -152,6 +156,10 @@ class SmolLM2:
         torch_dtype(dtype)
         self.name, self.cache_dir, self.dtype = name, cache_dir, dtype
 
+    def load_kwargs(self) -> dict:
+        """How any checkpoint of this model loads (the stages, the model to unlearn, the baselines)."""
+        return {"dtype": self.dtype}
+
     def fingerprint(self) -> dict:
         return {"kind": "smollm2", "file": self.FILE}
 
@@ -203,6 +211,10 @@ class HFModel:
         if self.local and not (p / "config.json").exists():
             raise UserError(f"model.path={self.path!r} does not exist or holds no config.json; "
                             "give an HF-format folder or a hub id like org/name")
+
+    def load_kwargs(self) -> dict:
+        """How any checkpoint of this model loads (the stages, the model to unlearn, the baselines)."""
+        return {"dtype": self.dtype, "attn_implementation": self.attn, "trust_remote_code": self.trust}
 
     def fingerprint(self) -> dict:
         p = Path(self.path).expanduser()

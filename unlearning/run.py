@@ -36,6 +36,7 @@ class RunContext:
     data_dir: str | None = None
     logger: object = None
     timings: dict = field(default_factory=dict)
+    load_kwargs: dict = field(default_factory=dict)   # model.dtype / attn_implementation / trust_remote_code
 
 
 def pick_device(name: str) -> str:
@@ -52,12 +53,12 @@ def cached_eval(ctx: RunContext, evaluator, model_path: Path, data, reference: d
     """Evaluate a stage once; later runs (and sweep jobs) reuse the stored result."""
     key = {"model": str(model_path), "evaluator": OmegaConf.to_container(ctx.cfg.evaluator, resolve=True),
            "generation": OmegaConf.to_container(ctx.cfg.generation, resolve=True), "data": data.name,
-           "max_length": ctx.max_length, "reference": (reference or {}).get("aggregates")}
+           "max_length": ctx.max_length, "reference": (reference or {}).get("aggregates"), "load": ctx.load_kwargs}
     path = cache_root(ctx.cache_dir) / "evals" / f"{what}-{short_hash(key)}.json"
     if path.exists():
         log.info("%s: reusing cached evaluation %s", what, path)
         return json.loads(path.read_text())
-    model, tok = load_folder(model_path)
+    model, tok = load_folder(model_path, **ctx.load_kwargs)
     result = evaluator.evaluate(model.to(ctx.device), tok, data, ctx, reference=reference)
     write_json(path, result)
     return result
@@ -88,7 +89,8 @@ def run(cfg: DictConfig, out_dir: str | Path, overrides: list[str] | None = None
     parts = validate(cfg)                                          # every component built and checked: no weights yet
     out_dir = make_run_folder(out_dir)
     ctx = RunContext(cfg=cfg, out_dir=out_dir, cache_dir=str(cfg.cache_dir), device=pick_device(cfg.device),
-                     max_length=int(cfg.max_length), generation=cfg.generation, data_dir=cfg.get("data_dir"))
+                     max_length=int(cfg.max_length), generation=cfg.generation, data_dir=cfg.get("data_dir"),
+                     load_kwargs=parts.spec.load_kwargs())
     ctx.logger = start_logger(cfg, out_dir, parts)
     baselines, stages = {}, {}
     try:
@@ -140,7 +142,8 @@ def for_tokenizer(cfg: DictConfig, ctx: RunContext, parts: Parts):
     data = parts.data
     if getattr(data, "chunker", None) is None:
         return data
-    tok = load_folder(cfg.stage.target_path)[1] if cfg.stage.target_path else parts.spec.load(data.corpus)[1]
+    tok = (load_folder(cfg.stage.target_path, **parts.spec.load_kwargs())[1] if cfg.stage.target_path
+           else parts.spec.load(data.corpus)[1])
     return data.for_tokenizer(tok, ctx.max_length)
 
 
@@ -177,7 +180,8 @@ def evaluate_baselines(cfg: DictConfig, ctx: RunContext, parts: Parts, target: P
 
 
 def load_model_to_unlearn(cfg: DictConfig, ctx: RunContext, parts: Parts, target: Path):
-    model, tok = load_folder(target)
+    # the model config's dtype, attention and trust_remote_code apply to the model to unlearn too
+    model, tok = load_folder(target, **parts.spec.load_kwargs())
     if cfg.subtraction.enabled:  # "Classifier-free guidance in LLMs Safety": theta_base - scale (theta_target - theta_base)
         from unlearning.subtraction import subtract
 

@@ -56,6 +56,7 @@ def validate(cfg: DictConfig) -> Parts:
     check_generation(cfg)
     check_objective(cfg, evaluator, data)
     check_subtraction(cfg)
+    check_precision(cfg)
     return Parts(data, spec, method, evaluator, logger, unlearn, finetune)
 
 
@@ -255,3 +256,10 @@ def check_subtraction(cfg: DictConfig) -> None:
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale:
             raise UserError(f"subtraction.scale={scale!r} must be a number > 0 (the paper uses 0.5; 1.0 breaks the "
                             "model)")
+
+
+def check_precision(cfg: DictConfig) -> None:
+    """fp16 weights overflow without a gradient scaler, which the shared loop does not run: refuse them up front."""
+    if str(cfg.model.get("dtype", "float32")) in ("float16", "fp16"):
+        raise UserError(f"model.dtype={cfg.model.dtype}: training float16 weights needs a gradient scaler, which "
+                        "this loop does not use; use model.dtype=bfloat16 (same memory) or float32")

@@ -1,0 +1,35 @@
+"""The model config's precision reaches every model of the run, and bf16 runs only where it is native."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import compose
+from safetensors import safe_open
+
+from unlearning.errors import UserError
+from unlearning.precision import bf16_effective, native_bf16
+from unlearning.validate import validate
+
+
+def test_model_dtype_reaches_the_stages_and_the_unlearned_model(run_tiny, tmp_path):
+    # small: bf16 weights are emulated (slow) on CPUs without native bf16
+    rec = run_tiny("model.dtype=bfloat16", "stage.evaluate_target=false", "model.finetune.epochs=1",
+                   "evaluator.max_items=2", "evaluator.generate=false", out=tmp_path / "bf16")
+    assert rec["status"] == "ok" and rec["provenance"]["model_dtype"] == "bfloat16"
+    for folder in (tmp_path / "bf16" / "model", rec["stages"]["target"]["path"]):
+        with safe_open(f"{folder}/model.safetensors", "pt") as f:
+            name = next(iter(f.keys()))
+            assert str(f.get_tensor(name).dtype) == "torch.bfloat16", folder
+
+
+def test_float16_training_is_refused_before_any_work(data_dir):
+    with pytest.raises(UserError, match="model.dtype=float16.*gradient scaler"):
+        validate(compose(["model.dtype=float16"]))
+
+
+def test_bf16_request_runs_where_native_only(monkeypatch):
+    assert bf16_effective(False, "cpu") is False
+    monkeypatch.delenv("UNLEARNING_BF16_EMULATED", raising=False)
+    assert bf16_effective(True, "cpu") is native_bf16("cpu")
+    monkeypatch.setenv("UNLEARNING_BF16_EMULATED", "1")  # forced, e.g. to compare numbers with a bf16 machine
+    assert bf16_effective(True, "cpu") is True
