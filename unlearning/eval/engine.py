@@ -53,26 +53,46 @@ def score(model, items: list[dict], pad_id: int, batch_size: int = 16, stats: bo
         batch = {k: v.to(model.device) for k, v in batch.items()}
         with precision(model, bf16):
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        logits = logits[:, :-1].float()
         labels = batch["labels"][:, 1:]
-        logprobs = torch.log_softmax(logits, dim=-1)
         mask = labels != IGNORE
-        safe = labels.clamp(min=0)
-        tok_lp = logprobs.gather(-1, safe.unsqueeze(-1)).squeeze(-1)
-        hits = logprobs.argmax(-1) == labels
-        if stats:
-            p = logprobs.exp()
-            mu = (p * logprobs).sum(-1)
-            var = (p * logprobs.square()).sum(-1) - mu.square()
-        for row, i in enumerate(idx):
-            m = mask[row]
+        lp, hit, mu, var = label_stats(logits[:, :-1][mask], labels[mask], stats)
+        lengths = mask.sum(1).tolist()
+        start = 0
+        for row, i in enumerate(idx):  # the labelled positions of row `row` are the next lengths[row] entries
+            end = start + lengths[row]
             out[i] = TokenScores(
-                logp=tok_lp[row][m].double().cpu().numpy(),
-                hit=hits[row][m].cpu().numpy(),
-                mu=mu[row][m].double().cpu().numpy() if stats else None,
-                var=var[row][m].double().cpu().numpy() if stats else None,
+                logp=lp[start:end].double().cpu().numpy(),
+                hit=hit[start:end].cpu().numpy(),
+                mu=mu[start:end].double().cpu().numpy() if stats else None,
+                var=var[start:end].double().cpu().numpy() if stats else None,
             )
+            start = end
     return out  # type: ignore[return-value]
+
+
+def label_stats(logits: torch.Tensor, labels: torch.Tensor, stats: bool = False, chunk: int = 1024):
+    """For N labelled positions (logits [N, V], labels [N]): log p(label), argmax == label and, for Min-K%++,
+    the mean and variance of log p under p. Computed `chunk` positions at a time in fp32, so no full-vocabulary
+    fp32 log-softmax of the whole batch is ever held (batch 16 x 1024 tokens x 128k vocabulary would be 8 GiB);
+    prompt positions (no label) are never scored at all."""
+    lp, hit, mu, var = [], [], [], []
+    for s in range(0, labels.shape[0], chunk):
+        x = logits[s : s + chunk].float()
+        y = labels[s : s + chunk]
+        lse = torch.logsumexp(x, dim=-1)
+        lp.append(x.gather(-1, y.unsqueeze(-1)).squeeze(-1) - lse)
+        hit.append(x.argmax(-1) == y)
+        if stats:
+            logp = x - lse.unsqueeze(-1)
+            p = logp.exp()
+            m = (p * logp).sum(-1)
+            mu.append(m)
+            var.append((p * logp.square()).sum(-1) - m.square())
+
+    def cat(parts, dtype=torch.float32):
+        return torch.cat(parts) if parts else logits.new_zeros(0, dtype=dtype)
+
+    return cat(lp), cat(hit, torch.bool), (cat(mu) if stats else None), (cat(var) if stats else None)
 
 
 def chat_prompts(tokenizer, messages_list: list[list[dict]], system_prompt: str | None = None) -> list[list[int]]:
