@@ -40,7 +40,7 @@ def check_overrides(args: list[str], conf_dir: str) -> None:
         key, value = o.split("=", 1)
         key = key.lstrip("+~")
         if key in groups and not key.startswith("hydra"):
-            for v in value.split(","):
+            for v in value.strip("[]").split(","):  # a,b sweeps and [a,b] multi-selections (attack=)
                 v = v.strip()
                 if v and v != "null" and v not in groups[key] and not v.startswith(("choice(", "range(", "glob(")):
                     raise UserError(f"unknown option {key}={v}: conf/{key}/ has {', '.join(groups[key])}")

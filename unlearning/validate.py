@@ -12,7 +12,7 @@ sweep without running any.
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -34,6 +34,7 @@ class Parts:
     logger: object
     unlearn: object
     finetune: object
+    attacks: dict = field(default_factory=dict)
 
 
 def validate(cfg: DictConfig) -> Parts:
@@ -45,6 +46,7 @@ def validate(cfg: DictConfig) -> Parts:
     check_top_level(cfg)
     data, spec, method, evaluator = (build(cfg[g]) for g in ("dataset", "model", "method", "evaluator"))
     logger = build(cfg.logger)
+    attacks = {str(name): build(node) for name, node in (cfg.get("attacks") or {}).items()}
     unlearn = TrainSettings.from_cfg(cfg.trainer)
     finetune = TrainSettings.from_cfg({"seed": cfg.seed, **OmegaConf.to_container(cfg.model.finetune, resolve=True)},
                                       where="model.finetune")
@@ -57,7 +59,7 @@ def validate(cfg: DictConfig) -> Parts:
     check_objective(cfg, evaluator, data)
     check_subtraction(cfg)
     check_precision(cfg)
-    return Parts(data, spec, method, evaluator, logger, unlearn, finetune)
+    return Parts(data, spec, method, evaluator, logger, unlearn, finetune, attacks)
 
 
 def build(node):
@@ -242,7 +244,9 @@ def check_objective(cfg: DictConfig, evaluator, data) -> None:
     if not objective:
         return
     names = set(evaluator.metric_names(data))
-    names |= {f"{n}@{t}" for n in names for t in eval_tags(cfg.generation)}
+    attacks = [str(a) for a in (cfg.get("attacks") or {})]
+    suffixed = {f"{n}@{t}" for n in names for t in eval_tags(cfg.generation) + attacks}
+    names |= suffixed | {f"{n}@{a}_recovery" for n in getattr(evaluator, "forget_metrics", ()) for a in attacks}
     if str(objective) not in names:
         ev = cfg.get("choices", {}).get("evaluator") or getattr(evaluator, "name", "evaluator")
         close = sorted(n for n in names if "@" not in n)

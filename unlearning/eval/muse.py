@@ -37,6 +37,7 @@ def _ids(tok, text: str) -> list[int]:
 class MuseEvaluator:
     name = "muse"
     objective = "privleak"  # the headline metric a sweep optimises when `objective` is null
+    forget_metrics = ("forget_verbmem_ROUGE", "forget_knowmem_ROUGE", "mia_min_k")  # attacks report recovery
     uses_reference = True
 
     def __init__(self, max_length: int = 1024, verbmem_max_new_tokens: int = 128, knowmem_max_new_tokens: int = 32,

@@ -63,6 +63,7 @@ def build_prompts(tok, messages_list: list[list[dict]], prefixes: list[str] | No
 
 class PiiEvaluator:
     objective = "leakage_rate"  # the headline metric a sweep optimises when `objective` is null
+    forget_metrics = ("leakage_rate", "partial_leakage_rate", "detector_pii_count")  # attacks report recovery
 
     def __init__(self, name: str = "pii", max_new_tokens: int = 32, utility_max_new_tokens: int = 48,
                  kinds=KINDS, max_probes_per_kind: int | None = None, utility_max_items: int | None = None,

@@ -28,6 +28,7 @@ UTILITY = ["retain_Q_A_Prob", "retain_Q_A_ROUGE", "retain_Truth_Ratio",
 class TofuEvaluator:
     name = "tofu"
     objective = "forget_quality"  # the headline metric a sweep optimises when `objective` is null
+    forget_metrics = ("forget_Q_A_Prob", "forget_Q_A_ROUGE", "forget_Truth_Ratio")  # attacks report recovery
     uses_reference = True
 
     def __init__(self, batch_size: int = 16, max_new_tokens: int = 200, max_items: int | None = None,
