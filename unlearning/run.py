@@ -37,6 +37,7 @@ class RunContext:
     logger: object = None
     timings: dict = field(default_factory=dict)
     load_kwargs: dict = field(default_factory=dict)   # model.dtype / attn_implementation / trust_remote_code
+    provenance: dict = field(default_factory=dict)    # what determines the numbers besides the config
 
 
 def pick_device(name: str) -> str:
@@ -91,6 +92,7 @@ def run(cfg: DictConfig, out_dir: str | Path, overrides: list[str] | None = None
     ctx = RunContext(cfg=cfg, out_dir=out_dir, cache_dir=str(cfg.cache_dir), device=pick_device(cfg.device),
                      max_length=int(cfg.max_length), generation=cfg.generation, data_dir=cfg.get("data_dir"),
                      load_kwargs=parts.spec.load_kwargs())
+    ctx.provenance = provenance(cfg, ctx.device)  # taken now: the code that runs, not the tree at the end
     ctx.logger = start_logger(cfg, out_dir, parts)
     baselines, stages = {}, {}
     try:
@@ -243,7 +245,7 @@ def make_record(cfg, ctx, parts, result, baselines, stages, overrides, t_start) 
         "dataset": parts.data.name, "model": parts.spec.name, "overrides": list(overrides or []),
         "metrics": metrics, "baselines": baselines,
         "objective": metrics.get(objective_name(cfg, parts.evaluator)),
-        "timings": ctx.timings, "stages": stages, "versions": versions(), "provenance": provenance(cfg, ctx.device),
+        "timings": ctx.timings, "stages": stages, "versions": versions(), "provenance": ctx.provenance,
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
 
