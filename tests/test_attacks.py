@@ -68,3 +68,120 @@ def test_an_unknown_attack_is_caught_on_the_command_line(data_dir):
 
     with pytest.raises(UserError, match="unknown option attack=nope"):
         check_overrides(["attack=[quant8,nope]"], str(Path(__file__).resolve().parent.parent / "conf"))
+
+
+def test_relearn_attack_brings_forgotten_answers_back(run_tiny, tmp_path):
+    """GA lowers the forget answers' probability; relearning 2 of them raises the others' back towards the target."""
+    overrides = ["method=ga", "trainer.max_steps=4", "attack=[relearn]", "attacks.relearn.examples=2",
+                 "attacks.relearn.steps=8", "attacks.relearn.lr=3e-3", "evaluator.generate=false", "save_model=false"]
+    rec = run_tiny(*overrides, out=tmp_path / "relearn")
+    m = rec["metrics"]
+    assert m["forget_Q_A_Prob@relearn_recovery"] > 0, m["forget_Q_A_Prob@relearn_recovery"]
+    per_item = json.loads((tmp_path / "relearn" / "eval" / "tofu@relearn.json").read_text())["per_item"]
+    from conftest import TINY
+
+    parts = validate(compose(TINY + overrides))
+    held = {ex.messages[-1]["content"] for ex in parts.attacks["relearn"].held_out(parts.data)}
+    evaluated = {row["question"] for row in per_item["forget"]}
+    assert len(held) == 2 and evaluated and not held & evaluated  # evaluated only on questions it did not train on
+
+
+def test_relearn_bad_input(data_dir):
+    with pytest.raises(UserError, match="attacks.relearn.examples=40 leaves nothing"):
+        validate(compose(["attack=[relearn]", "attacks.relearn.examples=40"]))
+    with pytest.raises(UserError, match="evaluator=muse cannot yet"):
+        validate(compose(["attack=[relearn]", "dataset=muse_news", "evaluator=muse"]))
+    with pytest.raises(UserError, match="attacks.relearn.steps"):
+        validate(compose(["attack=[relearn]", "attacks.relearn.steps=0"]))
+
+
+def test_without_drops_exactly_the_relearned_items(data_dir):
+    parts = validate(compose(["attack=[relearn]", "attacks.relearn.examples=3"]))
+    held = parts.attacks["relearn"].held_out(parts.data)
+    rest = parts.evaluator.without(parts.data, held).extra["forget"]
+    assert len(rest) == len(parts.data.extra["forget"]) - 3
+    assert not {ex.messages[-1]["content"] for ex in held} & {ex.messages[-1]["content"] for ex in rest}
+    pii = validate(compose(["dataset=synthetic_pii", "evaluator=pii", "dataset.people=2", "attack=[relearn]",
+                            "attacks.relearn.examples=2"]))
+    taught = pii.attacks["relearn"].held_out(pii.data)
+    pairs = {(ex.meta["person"], s["type"]) for ex in taught for s in ex.meta["pii"]}
+    left = pii.evaluator.without(pii.data, taught).extra["probes"]
+    assert pairs and len(left) < len(pii.data.extra["probes"])
+    assert not {(p["person"], p["type"]) for p in left} & pairs
+
+
+PII = ["dataset=synthetic_pii", "evaluator=pii", "dataset.people=3", "dataset.dialogues_per_person=1",
+       "dataset.heldout_per_person=1", "dataset.pii_free_train=4", "dataset.pii_free_heldout=2"]
+
+
+def test_paraphrase_and_icl_change_only_the_probes(data_dir):
+    parts = validate(compose(["attack=[paraphrase,icl]", "attacks.icl.shots=2"]))
+    forget = parts.data.extra["forget"]
+    para = parts.attacks["paraphrase"].transform(parts.evaluator, parts.data).extra["forget"]
+    assert [ex.answer for ex in para] == [ex.answer for ex in forget]  # the same answers are scored
+    assert para[0].messages[-1]["content"] == forget[0].meta["paraphrased_question"] != forget[0].messages[-1]["content"]
+    icl = parts.attacks["icl"].transform(parts.evaluator, parts.data).extra["forget"]
+    for plain, shot in zip(forget, icl):
+        assert shot.messages[-1] == plain.messages[-1] and len(shot.messages) == len(plain.messages) + 4
+        shown = {m["content"] for m in shot.messages[:-1]}
+        assert plain.messages[-1]["content"] not in shown and plain.answer not in shown  # other items only
+
+    parts = validate(compose(PII + ["attack=[paraphrase,icl]", "attacks.icl.shots=1"]))
+    probes = parts.data.extra["probes"]
+    unseen = parts.attacks["paraphrase"].transform(parts.evaluator, parts.data).extra["probes"]
+    assert unseen and len(unseen) < len(probes) and not any(p["seen"] for p in unseen)
+    for plain, shot in zip(probes, parts.attacks["icl"].transform(parts.evaluator, parts.data).extra["probes"]):
+        assert shot["messages"][-len(plain["messages"]):] == plain["messages"]
+        assert plain["value"] not in " ".join(m["content"] for m in shot["messages"][:2])  # another person's turn
+
+
+def test_paraphrase_and_icl_attacks_on_a_tiny_run(run_tiny, tmp_path):
+    rec = run_tiny("attack=[paraphrase,icl]", "evaluator.generate=false", "save_model=false", out=tmp_path / "p")
+    m = rec["metrics"]
+    for name in ("paraphrase", "icl"):
+        assert m[f"forget_Q_A_Prob@{name}"] != m["forget_Q_A_Prob"]
+        assert m[f"retain_Q_A_Prob@{name}"] == pytest.approx(m["retain_Q_A_Prob"])  # only forget probes change
+        assert (tmp_path / "p" / "eval" / f"tofu@{name}.json").is_file()
+
+
+def test_paraphrase_and_icl_bad_input(data_dir):
+    with pytest.raises(UserError, match="paraphrase is not available for evaluator=muse"):
+        validate(compose(["attack=[paraphrase]", "dataset=muse_news", "evaluator=muse"]))
+    with pytest.raises(UserError, match="icl is for chat benchmarks"):
+        validate(compose(["attack=[icl]", "dataset=muse_news", "evaluator=muse"]))
+    with pytest.raises(UserError, match="attacks.icl.shots=40"):
+        validate(compose(["attack=[icl]", "attacks.icl.shots=40"]))
+
+
+def test_report_draws_the_robustness_plot(tmp_path):
+    import matplotlib.image as mpimg
+
+    from unlearning.report import attacked_metric, report
+
+    sweep = tmp_path / "sweep"
+    for job, (method, plain, quant) in {"0": ("ga", 0.2, 0.5), "1": ("npo", 0.3, 0.35)}.items():
+        ov = [f"method={method}", "model=tiny"]
+        (sweep / job / ".hydra").mkdir(parents=True)
+        (sweep / job / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in ov))
+        m = {"forget_quality": 0.1, "model_utility": 0.5, "forget_Q_A_Prob": plain, "forget_Q_A_Prob@quant4": quant,
+             "forget_Q_A_Prob@quant4_recovery": (quant - plain) / (0.8 - plain),
+             "forget_Truth_Ratio@quant4_recovery": 0.1}
+        (sweep / job / "results.json").write_text(json.dumps({
+            "status": "ok", "overrides": ov, "method": method, "dataset": "tofu", "model": "tiny", "metrics": m,
+            "baselines": {"target": {"forget_Q_A_Prob": 0.8}}, "objective": 0.1, "timings": {}}))
+    rows = [json.loads((sweep / j / "results.json").read_text()) for j in "01"]
+    assert attacked_metric(rows) == ("forget_Q_A_Prob", ["quant4"])
+    out = report(sweep)
+    png = sweep / "plots" / "robustness.png"
+    assert png in out["plots"] and mpimg.imread(png).shape[0] > 100
+    assert "plots/robustness.png" in out["md"].read_text()
+    assert "forget_Q_A_Prob@quant4_recovery" in out["md"].read_text()
+
+
+def test_relearn_on_pii_evaluates_only_what_it_did_not_teach(data_dir):
+    parts = validate(compose(PII + ["attack=[relearn]", "attacks.relearn.examples=2"]))
+    held, rest = parts.attacks["relearn"].split(parts.evaluator, parts.data)
+    taught = {(ex.meta["person"], s["type"]) for ex in held for s in ex.meta["pii"]}
+    assert taught and len(rest.extra["probes"]) < len(parts.data.extra["probes"])
+    assert not any((p["person"], p["type"]) in taught for p in rest.extra["probes"])
+    assert parts.data.extra["probes"] is not rest.extra["probes"]  # the run's own data is left as it was

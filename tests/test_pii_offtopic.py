@@ -54,3 +54,32 @@ def test_training_answers_carry_their_turns_pii_types():
     # the PII-free replacement of each forget answer is there too, under the same types
     chosen = {ex.meta["chosen"] for ex in data.forget}
     assert chosen <= {text for text, types in answers if types}
+
+
+def test_general_knowledge_utility_on_a_tiny_model(tmp_path):
+    """evaluator.general_knowledge=true adds TOFU's real-authors / world-facts probabilities to the PII evaluation."""
+    import math
+    import os
+    from pathlib import Path
+
+    import pytest
+
+    from unlearning.errors import UserError
+    from unlearning.eval.pii import GENERAL_METRICS, PiiEvaluator
+    from unlearning.models import TinyLlama
+
+    data_dir = os.environ.get("UNLEARNING_DATA_DIR")
+    if not data_dir or not (Path(data_dir) / "tofu" / "real_authors_perturbed.json").is_file():
+        pytest.fail("TOFU data missing: set UNLEARNING_DATA_DIR to the folder with tofu/ (here: ../shared/data)")
+    data = load_synthetic_pii(people=2, dialogues_per_person=1, heldout_per_person=1, pii_free_train=2,
+                              pii_free_heldout=1)
+    ev = PiiEvaluator(max_new_tokens=4, utility_max_new_tokens=4, max_probes_per_kind=1, general_knowledge=True,
+                      data_dir=data_dir)
+    assert set(GENERAL_METRICS) <= ev.metric_names(data)
+    assert len(ev.general["real_authors"]) == 100 and len(ev.general["world_facts"]) == 117
+    model, tok = TinyLlama(cache_dir=str(tmp_path)).load(data.corpus)
+    agg = ev.evaluate(model, tok, data)["aggregates"]
+    for k in GENERAL_METRICS:
+        assert 0 < agg[k] < 1 and math.isfinite(agg[k]), (k, agg[k])
+    with pytest.raises(UserError, match="does not exist"):
+        PiiEvaluator(general_knowledge=True, data_dir=str(tmp_path))

@@ -160,6 +160,53 @@ def plot_param(rows, param: str, metrics: list[str], path: Path, others: list[st
     plt.close(fig)
 
 
+ROBUSTNESS_DEFAULTS = ["forget_Q_A_Prob", "leakage_rate", "forget_knowmem_ROUGE"]  # each evaluator's headline
+
+
+def attacked_metric(rows) -> tuple[str, list[str]] | None:
+    """The forget metric the attacks report recovery for (the first one, sorted) and the attacks' names."""
+    pairs = sorted({tuple(k[: -len("_recovery")].rsplit("@", 1)) for r in rows for k in r["metrics"]
+                    if k.endswith("_recovery") and "@" in k})
+    if not pairs:
+        return None
+    names = [m for m, _ in pairs]
+    metric = next((m for m in ROBUSTNESS_DEFAULTS if m in names), names[0])
+    return metric, [a for m, a in pairs if m == metric]
+
+
+def plot_robustness(rows, baselines: dict, path: Path) -> bool:
+    """Robustness (issue 12): a forget metric after unlearning and after each attack, per method (mean over jobs)."""
+    import matplotlib.pyplot as plt
+
+    found = attacked_metric(rows)
+    if not found:
+        return False
+    metric, attacks = found
+    cols = [metric] + [f"{metric}@{a}" for a in attacks]
+    methods = sorted({str(r["method"]) for r in rows})
+    colours = _colours(methods)
+    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(cols), 4.2))
+    width = 0.8 / max(len(methods), 1)
+    for i, m in enumerate(methods):
+        vals = []
+        for c in cols:
+            xs = [x for x in (_num(r["metrics"].get(c)) for r in rows if str(r["method"]) == m) if x is not None]
+            vals.append(sum(xs) / len(xs) if xs else float("nan"))
+        ax.bar([j + (i - (len(methods) - 1) / 2) * width for j in range(len(cols))], vals, width,
+               color=colours[m], label=m)
+    t = _num((baselines.get("target") or {}).get(metric))
+    if t is not None:
+        ax.axhline(t, ls="--", color="black", lw=1, label="target (before unlearning)")
+    ax.set_xticks(range(len(cols)), ["unlearned"] + [f"@{a}" for a in attacks])
+    ax.set_ylabel(metric)
+    ax.set_title(f"Robustness: {metric} after unlearning and after each attack")
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8)
+    _save(fig, path)
+    plt.close(fig)
+    return True
+
+
 def _fmt(v) -> str:
     f = _num(v)
     if f is None:
@@ -242,6 +289,8 @@ def report(sweep_dir: str | Path, forget: str | None = None, utility: str | None
         for p in params:
             plots.append(plots_dir / f"param_{_safe(p)}.png")
             plot_param(rows, p, metrics, plots[-1], [o for o in params if o not in (p, "method")])
+        if plot_robustness(ok, baselines, plots_dir / "robustness.png"):
+            plots.append(plots_dir / "robustness.png")
     rows_csv = [{**r, **{f"param:{p}": parse_overrides(r["overrides"]).get(p) for p in params},
                  "pareto": r["job"] in front} for r in rows]
     atomic_write(sweep_dir / "report.csv", to_csv(rows_csv, extra=[f"param:{p}" for p in params] + ["pareto"]))

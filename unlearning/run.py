@@ -104,7 +104,7 @@ def run(cfg: DictConfig, out_dir: str | Path, overrides: list[str] | None = None
         if cfg.save_model:
             save_model(model, tok, out_dir / "model")
         result = evaluate_unlearned(ctx, parts, model, tok, ref_result)
-        result["aggregates"].update(attack(ctx, parts, model, tok, ref_result, baselines, result["aggregates"]))
+        result["aggregates"].update(attack(ctx, parts, model, tok, ref_result, baselines, result["aggregates"], target))
         record = make_record(cfg, ctx, parts, result, baselines, stages, overrides, t_start)
         write_json(out_dir / "results.json", record)
     except Diverged as e:  # a result, not a crash: recorded as such, and a sweep goes on
@@ -218,7 +218,8 @@ def evaluate_unlearned(ctx: RunContext, parts: Parts, model, tok, ref_result: di
     return result
 
 
-def attack(ctx: RunContext, parts: Parts, model, tok, ref_result: dict | None, baselines: dict, metrics: dict) -> dict:
+def attack(ctx: RunContext, parts: Parts, model, tok, ref_result: dict | None, baselines: dict, metrics: dict,
+           target: Path) -> dict:
     """Robustness attacks (attack=[...]): each on a copy of the unlearned model, metrics suffixed @<attack>."""
     if not parts.attacks:
         return {}
@@ -226,7 +227,7 @@ def attack(ctx: RunContext, parts: Parts, model, tok, ref_result: dict | None, b
 
     t = time.perf_counter()
     metrics = run_attacks(parts.attacks, parts.evaluator, model, tok, parts.data, ctx, ref_result,
-                          metrics, baselines.get("target"))
+                          metrics, baselines.get("target"), lambda: load_folder(target, **ctx.load_kwargs))
     ctx.timings["attacks_s"] = time.perf_counter() - t
     return metrics
 

@@ -59,6 +59,9 @@ def validate(cfg: DictConfig) -> Parts:
     check_objective(cfg, evaluator, data)
     check_subtraction(cfg)
     check_precision(cfg)
+    for attack in attacks.values():
+        if hasattr(attack, "check"):
+            attack.check(evaluator, data)
     return Parts(data, spec, method, evaluator, logger, unlearn, finetune, attacks)
 
 

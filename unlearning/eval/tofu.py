@@ -49,6 +49,14 @@ class TofuEvaluator:
         """The dataset's `extra` entries this evaluator reads (checked before any work)."""
         return list(self.splits)
 
+    def without(self, data, held):
+        """This data with the held-out forget questions removed from the forget split (the relearning attack)."""
+        import dataclasses
+
+        asked = {ex.messages[-1]["content"] for ex in held}
+        rest = [ex for ex in data.extra.get("forget", []) if ex.messages[-1]["content"] not in asked]
+        return dataclasses.replace(data, extra={**data.extra, "forget": rest})
+
     def metric_names(self, data=None) -> set[str]:
         names = set()
         for split in self.splits:
