@@ -27,6 +27,18 @@ TINY = [
 ]
 
 
+def pytest_collection_modifyitems(config, items):
+    """`gpu` tests run where CUDA is visible; elsewhere they are reported as skipped, with the reason."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="gpu test: no CUDA device visible here (run `make test` on a GPU machine)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     d = Path(os.environ["UNLEARNING_DATA_DIR"])

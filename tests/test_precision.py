@@ -33,3 +33,23 @@ def test_bf16_request_runs_where_native_only(monkeypatch):
     assert bf16_effective(True, "cpu") is native_bf16("cpu")
     monkeypatch.setenv("UNLEARNING_BF16_EMULATED", "1")  # forced, e.g. to compare numbers with a bf16 machine
     assert bf16_effective(True, "cpu") is True
+
+
+def test_attention_implementation_reaches_the_loaded_model(data_dir, tmp_path):
+    from unlearning.models import TinyLlama
+
+    parts = validate(compose(["model.attn_implementation=eager"]))
+    assert parts.spec.load_kwargs()["attn_implementation"] == "eager"
+    spec = TinyLlama(cache_dir=str(tmp_path), vocab_size=300, attn_implementation="eager")
+    model, _ = spec.load(["a small corpus for a tokenizer", "of a few words"])
+    assert model.config._attn_implementation == "eager"
+
+
+def test_unknown_or_missing_attention_implementation(data_dir):
+    with pytest.raises(UserError, match=r"model.attn_implementation='fast' is unknown; use one of eager, sdpa"):
+        validate(compose(["model.attn_implementation=fast"]))
+    import importlib.util
+
+    if importlib.util.find_spec("flash_attn") is None:
+        with pytest.raises(UserError, match="flash-attn is not installed"):
+            validate(compose(["model.attn_implementation=flash_attention_2"]))

@@ -28,6 +28,7 @@ def _job(cfg):
     from unlearning.results import write_json
     from unlearning.run import run, table
 
+    slurm_torch_environment()
     hc = HydraConfig.get()
     out_dir = Path(hc.runtime.output_dir)
     overrides = list(hc.overrides.task)
@@ -39,7 +40,7 @@ def _job(cfg):
 
         torch.set_num_threads(int(cfg.threads))
     try:
-        record = run(cfg, out_dir, overrides)
+        record = run(cfg, out_dir, overrides, multirun=multirun)
     except Diverged as e:  # results.json (status "diverged") is written already
         if not multirun:
             print(f"error: {e}", file=sys.stderr)
@@ -64,9 +65,46 @@ def _job(cfg):
         if not isinstance(e, UserError) and os.environ.get("UNLEARNING_TRACEBACK"):
             traceback.print_exc()
         return None
-    print(table(record))
-    print(f"results: {out_dir / 'results.json'}")
+    from unlearning.distributed import is_main
+
+    if is_main():
+        print(table(record))
+        print(f"results: {out_dir / 'results.json'}")
     return record["objective"]
+
+
+def slurm_torch_environment() -> None:
+    """A Slurm job of N tasks (hydra/launcher=slurm_multigpu) becomes an N-process torch launch: RANK, WORLD_SIZE,
+    MASTER_ADDR... from Slurm's variables (submitit's helper), as torchrun would set them."""
+    if int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "RANK" not in os.environ and "SLURM_PROCID" in os.environ:
+        from submitit.helpers import TorchDistributedEnvironment
+
+        TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+
+
+def same_folders_on_every_rank(args: list[str]) -> list[str]:
+    """Under torchrun every process composes its own config; `${now:...}` could name a different run folder per
+    process, so rank 0's clock names them all. Only rank 0 writes Hydra's .hydra/ and job log."""
+    from unlearning.distributed import broadcast, is_main, world_size
+
+    if world_size() == 1:
+        return args
+    from unlearning.distributed import _state
+
+    _state()  # the process group (gloo on CPU, NCCL on GPUs), from the launcher's environment
+    import datetime
+
+    stamp = broadcast(datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S"))
+    given = {a.split("=", 1)[0] for a in args}
+    extra = []
+    if "hydra.run.dir" not in given:
+        extra.append(f"hydra.run.dir=outputs/runs/{stamp}_${{hydra:runtime.choices.method}}_"
+                     "${hydra:runtime.choices.dataset}")
+    if "hydra.sweep.dir" not in given:
+        extra.append(f"hydra.sweep.dir=outputs/sweeps/{stamp}")
+    if not is_main():
+        extra += ["hydra.output_subdir=null", "hydra/job_logging=none", "hydra/hydra_logging=none"]
+    return args + extra
 
 
 def main() -> int:
@@ -94,6 +132,7 @@ def main() -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
+    sys.argv = [sys.argv[0], *same_folders_on_every_rank(args)]
     import hydra
 
     app = hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")(_job)

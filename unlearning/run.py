@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,12 +14,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from unlearning.data.base import encode
+from unlearning.distributed import MainOnly, broadcast, is_main, wait, world_size
 from unlearning.errors import Diverged, UserError
 from unlearning.hashing import short_hash
 from unlearning.models import cache_root, load_folder
 from unlearning.results import provenance, versions, write_json
 from unlearning.stages import ensure_stage
-from unlearning.train import train
+from unlearning.train import Checkpoints, latest_checkpoint, train
 from unlearning.validate import Parts, validate
 
 log = logging.getLogger("unlearning")
@@ -38,15 +41,19 @@ class RunContext:
     timings: dict = field(default_factory=dict)
     load_kwargs: dict = field(default_factory=dict)   # model.dtype / attn_implementation / trust_remote_code
     provenance: dict = field(default_factory=dict)    # what determines the numbers besides the config
+    resume_from: Path | None = None                   # the checkpoint this run continues from
 
 
 def pick_device(name: str) -> str:
+    """cpu or cuda; under a multi-process launch each process takes the GPU of its local rank."""
     if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name not in ("cpu", "cuda"):
         raise UserError(f"device={name!r} is unknown; use auto, cpu or cuda")
     if name == "cuda" and not torch.cuda.is_available():
         raise UserError("device=cuda but no CUDA GPU is visible; use device=auto or device=cpu")
+    if name == "cuda" and world_size() > 1:
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
     return name
 
 
@@ -56,12 +63,14 @@ def cached_eval(ctx: RunContext, evaluator, model_path: Path, data, reference: d
            "generation": OmegaConf.to_container(ctx.cfg.generation, resolve=True), "data": data.name,
            "max_length": ctx.max_length, "reference": (reference or {}).get("aggregates"), "load": ctx.load_kwargs}
     path = cache_root(ctx.cache_dir) / "evals" / f"{what}-{short_hash(key)}.json"
-    if path.exists():
+    if broadcast(path.exists()):
         log.info("%s: reusing cached evaluation %s", what, path)
         return json.loads(path.read_text())
-    model, tok = load_folder(model_path, **ctx.load_kwargs)
-    result = evaluator.evaluate(model.to(ctx.device), tok, data, ctx, reference=reference)
-    write_json(path, result)
+    model, tok = load_folder(model_path, **ctx.load_kwargs) if is_main() else (None, None)
+    result = evaluator.evaluate(model.to(ctx.device) if model is not None else None, tok, data, ctx,
+                                reference=reference)  # rank 0 evaluates (MainOnly), every rank gets the result
+    if is_main():
+        write_json(path, result)
     return result
 
 
@@ -84,14 +93,22 @@ def _with(ctx: RunContext, **changes) -> RunContext:
     return RunContext(**{**ctx.__dict__, **changes})
 
 
-def run(cfg: DictConfig, out_dir: str | Path, overrides: list[str] | None = None) -> dict:
-    """The whole run as a recipe of named steps; each step is a short function below."""
+def run(cfg: DictConfig, out_dir: str | Path, overrides: list[str] | None = None, multirun: bool = False) -> dict:
+    """The whole run as a recipe of named steps; each step is a short function below.
+
+    Under a multi-process launch every process walks the same steps: training is a collective,
+    evaluation runs on rank 0 (the others wait for its result), and only rank 0 writes.
+    """
     t_start = time.perf_counter()
     parts = validate(cfg)                                          # every component built and checked: no weights yet
     out_dir = make_run_folder(out_dir)
+    if (done := finished(cfg, out_dir)) is not None:               # resume=true on a run that ended: nothing to do
+        return done
     ctx = RunContext(cfg=cfg, out_dir=out_dir, cache_dir=str(cfg.cache_dir), device=pick_device(cfg.device),
                      max_length=int(cfg.max_length), generation=cfg.generation, data_dir=cfg.get("data_dir"),
-                     load_kwargs=parts.spec.load_kwargs())
+                     load_kwargs=parts.spec.load_kwargs(), resume_from=resume_point(cfg, out_dir, multirun))
+    if world_size() > 1:
+        parts.evaluator = MainOnly(parts.evaluator)
     ctx.provenance = provenance(cfg, ctx.device)  # taken now: the code that runs, not the tree at the end
     ctx.logger = start_logger(cfg, out_dir, parts)
     baselines, stages = {}, {}
@@ -100,17 +117,21 @@ def run(cfg: DictConfig, out_dir: str | Path, overrides: list[str] | None = None
         target, reference, stages = build_stages(cfg, ctx, parts)  # fine-tuned target, retain reference (cached)
         baselines, ref_result = evaluate_baselines(cfg, ctx, parts, target, reference)
         model, tok = load_model_to_unlearn(cfg, ctx, parts, target)
-        model = unlearn(ctx, parts, model, tok)                    # method.prepare once, then the shared loop
-        if cfg.save_model:
+        model = unlearn(ctx, parts, model, tok, target)            # method.prepare once, then the shared loop
+        if cfg.save_model and is_main():
             save_model(model, tok, out_dir / "model")
         result = evaluate_unlearned(ctx, parts, model, tok, ref_result)
         result["aggregates"].update(attack(ctx, parts, model, tok, ref_result, baselines, result["aggregates"], target))
         record = make_record(cfg, ctx, parts, result, baselines, stages, overrides, t_start)
-        write_json(out_dir / "results.json", record)
+        if is_main():
+            write_json(out_dir / "results.json", record)
+            shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)  # the run ended: nothing left to resume
+        wait()
     except Diverged as e:  # a result, not a crash: recorded as such, and a sweep goes on
         record = make_record(cfg, ctx, parts, {"aggregates": {}}, baselines, stages, overrides, t_start)
         record.update(status="diverged", error=str(e), diverged={"step": e.step, "term": e.term, "value": e.value})
-        write_json(out_dir / "results.json", record)
+        if is_main():
+            write_json(out_dir / "results.json", record)
         ctx.logger.finish("diverged")
         raise
     except BaseException:
@@ -123,6 +144,8 @@ def run(cfg: DictConfig, out_dir: str | Path, overrides: list[str] | None = None
 
 def make_run_folder(out_dir: str | Path) -> Path:
     out_dir = Path(out_dir)
+    if not is_main():
+        return out_dir
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         probe = out_dir / ".writable"
@@ -134,7 +157,65 @@ def make_run_folder(out_dir: str | Path) -> Path:
     return out_dir
 
 
+def finished(cfg: DictConfig, out_dir: Path) -> dict | None:
+    """With resume set, a run folder whose results.json says ok is done: its record, without running again."""
+    path = out_dir / "results.json"
+    if cfg.get("resume") is not True or not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    if record.get("status") != "ok":
+        return None
+    log.info("resume: %s already finished (status ok); nothing to run", out_dir)
+    return record
+
+
+def training_fingerprint(cfg: DictConfig) -> dict:
+    """The config that determines the unlearning steps: a checkpoint resumes only a run that agrees on all of it."""
+    c = OmegaConf.to_container(cfg, resolve=True)
+    trainer = {k: v for k, v in c["trainer"].items() if k not in ("save_every", "log_every")}
+    return {"model": c["model"], "dataset": c["dataset"], "method": c["method"], "trainer": trainer,
+            "seed": c["seed"], "max_length": c["max_length"], "subtraction": c["subtraction"],
+            "target_path": c["stage"]["target_path"], "processes": world_size(),
+            "strategy": c["distributed"]["strategy"]}
+
+
+def resume_point(cfg: DictConfig, out_dir: Path, multirun: bool) -> Path | None:
+    """The checkpoint `resume` points at (checked against this config now, before any work), or None."""
+    value = cfg.get("resume", False)
+    if value is False or value is None:
+        return None
+    where = out_dir if value is True else Path(str(value))
+    point = where if (where / "loop.json").is_file() else latest_checkpoint(where / "checkpoints")
+    if point is None:
+        if multirun:  # a sweep re-launched after a crash: a job that never checkpointed starts over
+            log.info("resume: no checkpoint in %s; starting this job from the beginning", where)
+            return None
+        raise UserError(f"resume={value}: no checkpoint in {where / 'checkpoints'} (a run writes them with "
+                        "trainer.save_every=N); check hydra.run.dir, or drop resume to start over")
+    saved = json.loads((point / "loop.json").read_text()).get("fingerprint", {})
+    differ = diff_keys(saved, training_fingerprint(cfg))
+    if differ:
+        shown = ", ".join(differ[:8]) + (f" (+{len(differ) - 8} more)" if len(differ) > 8 else "")
+        raise UserError(f"resume: checkpoint {point} was written by a different config; differing keys: {shown}. "
+                        "Resume with the same settings, or start a new run")
+    return point
+
+
+def diff_keys(a, b, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested dicts."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b), key=str):
+            out += diff_keys(a.get(k), b.get(k), f"{prefix}.{k}" if prefix else str(k))
+        return out
+    return [] if a == b else [prefix or "(root)"]
+
+
 def start_logger(cfg: DictConfig, out_dir: Path, parts: Parts):
+    if not is_main():  # the others log nothing: one train_log, one W&B run
+        from unlearning.loggers import LocalLogger
+
+        return LocalLogger()
     logger = parts.logger
     logger.start(out_dir, OmegaConf.to_container(cfg, resolve=True),
                  {"method": getattr(parts.method, "name", ""), "dataset": parts.data.name, "model": parts.spec.name})
@@ -156,12 +237,12 @@ def build_stages(cfg: DictConfig, ctx: RunContext, parts: Parts) -> tuple[Path, 
     target = Path(cfg.stage.target_path) if cfg.stage.target_path else None
     if target is None:
         target, built = ensure_stage("target", parts.spec, data.corpus, data.target_train, parts.finetune,
-                                     ctx.max_length, ctx.cache_dir, ctx.device)
+                                     ctx.max_length, ctx.cache_dir, ctx.device, parts.distributed)
         stages["target"] = {"path": str(target), "built": built}
     reference = Path(cfg.stage.reference_path) if cfg.stage.reference_path else None
     if reference is None and data.reference_train and getattr(parts.evaluator, "uses_reference", False):
         reference, built = ensure_stage("reference", parts.spec, data.corpus, data.reference_train, parts.finetune,
-                                        ctx.max_length, ctx.cache_dir, ctx.device)
+                                        ctx.max_length, ctx.cache_dir, ctx.device, parts.distributed)
         stages["reference"] = {"path": str(reference), "built": built}
     for p in (target, reference):
         if p is not None and not (p / "config.json").exists():
@@ -192,7 +273,7 @@ def load_model_to_unlearn(cfg: DictConfig, ctx: RunContext, parts: Parts, target
     return model.to(ctx.device), tok
 
 
-def unlearn(ctx: RunContext, parts: Parts, model, tok):
+def unlearn(ctx: RunContext, parts: Parts, model, tok, target: Path):
     data, method = parts.data, parts.method
     forget = [{**encode(tok, ex, ctx.max_length), "example": ex} for ex in data.forget]
     retain = [{**encode(tok, ex, ctx.max_length), "example": ex} for ex in data.retain] if data.retain else None
@@ -200,7 +281,11 @@ def unlearn(ctx: RunContext, parts: Parts, model, tok):
     forget = method.prepare(model, tok, forget, retain, ctx)
     ctx.timings["prepare_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    model = train(model, method, forget, retain, parts.unlearn, tok.pad_token_id, logger=ctx.logger, desc="unlearn")
+    checkpoints = Checkpoints(ctx.out_dir / "checkpoints", parts.unlearn.save_every, ctx.resume_from,
+                              training_fingerprint(ctx.cfg))
+    model = train(model, method, forget, retain, parts.unlearn, tok.pad_token_id, logger=ctx.logger, desc="unlearn",
+                  distributed=parts.distributed, device=ctx.device, checkpoints=checkpoints,
+                  rebuild=lambda: load_folder(target, **ctx.load_kwargs)[0])
     ctx.timings["train_s"] = time.perf_counter() - t
     return model
 
@@ -214,7 +299,8 @@ def evaluate_unlearned(ctx: RunContext, parts: Parts, model, tok, ref_result: di
     t = time.perf_counter()
     result = evaluate_all(ctx, parts.evaluator, model, tok, parts.data, ref_result)
     ctx.timings["eval_s"] = time.perf_counter() - t
-    write_json(ctx.out_dir / "eval" / f"{parts.evaluator.name}.json", result)
+    if is_main():
+        write_json(ctx.out_dir / "eval" / f"{parts.evaluator.name}.json", result)
     return result
 
 
@@ -246,6 +332,8 @@ def make_record(cfg, ctx, parts, result, baselines, stages, overrides, t_start) 
         "dataset": parts.data.name, "model": parts.spec.name, "overrides": list(overrides or []),
         "metrics": metrics, "baselines": baselines,
         "objective": metrics.get(objective_name(cfg, parts.evaluator)),
+        "training": parts.distributed.describe(parts.unlearn.batch_size, parts.unlearn.grad_accum),
+        "resumed_from": str(ctx.resume_from) if ctx.resume_from else None,
         "timings": ctx.timings, "stages": stages, "versions": versions(), "provenance": ctx.provenance,
         "config": OmegaConf.to_container(cfg, resolve=True),
     }

@@ -183,7 +183,10 @@ class SweepSummary(Callback):
 
     def on_multirun_start(self, config, **kwargs) -> None:
         from unlearning import sweep_state
+        from unlearning.distributed import is_main
 
+        if not is_main():  # under a multi-process launch the sweep summary is rank 0's alone
+            return
         sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
         sweep_state.set_sweep_dir(str(sweep_dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -197,7 +200,9 @@ class SweepSummary(Callback):
     def on_job_end(self, config, job_return, **kwargs) -> None:
         from hydra.types import RunMode
 
-        if config.hydra.mode != RunMode.MULTIRUN:
+        from unlearning.distributed import is_main
+
+        if config.hydra.mode != RunMode.MULTIRUN or not is_main():
             return
         wall = round(time.perf_counter() - self._t0, 3) if self._t0 is not None else None
         job_dir = Path(str(config.hydra.runtime.output_dir))
@@ -205,6 +210,10 @@ class SweepSummary(Callback):
         update_row(sweep_dir, job_row(job_dir.resolve(), sweep_dir, job_return, wall))
 
     def on_multirun_end(self, config, **kwargs) -> None:
+        from unlearning.distributed import is_main
+
+        if not is_main():
+            return
         sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
         if sweep_dir.is_dir():
             finalize(sweep_dir)

@@ -10,12 +10,16 @@ ORPO+CFG paper's cosine-with-floor); LoRA from peft; bf16 autocast is a switch.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import os
 import random
+import shutil
+import signal
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -51,6 +55,10 @@ class TrainSettings:
     bf16: bool = False
     seed: int = 0
     log_every: int = 1
+    save_every: int = 0                  # checkpoint every N optimiser steps (0 = never); resume=true continues
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% more compute
+    tf32: bool = True                    # TF32 matmuls on CUDA (no effect on CPU)
+    compile: bool = False                # torch.compile the model's forward
     lora: LoraSettings = field(default_factory=LoraSettings)
 
     @classmethod
@@ -77,6 +85,8 @@ class TrainSettings:
             raise UserError(f"{where}.retain_batch_size={s.retain_batch_size} must be >= 1 (or null = batch_size)")
         if not 0 <= s.warmup_ratio < 1:
             raise UserError(f"{where}.warmup_ratio={s.warmup_ratio} must be in [0, 1)")
+        if s.save_every < 0:
+            raise UserError(f"{where}.save_every={s.save_every} must be >= 0 (0 = no checkpoints)")
         if s.log_every < 1:
             raise UserError(f"{where}.log_every={s.log_every} must be >= 1")
         return s
@@ -117,33 +127,58 @@ def apply_lora(model, lora: LoraSettings):
     return get_peft_model(model, config)
 
 
-def rank() -> int:
-    return int(os.environ.get("RANK", "0"))
+@dataclass
+class Checkpoints:
+    """Where and how often the loop saves its whole state, and the checkpoint it resumes from."""
+
+    folder: Path                      # <run folder>/checkpoints (a stage: <stage>.partial/checkpoints)
+    every: int = 0                    # save every N optimiser steps; 0 = never
+    resume_from: Path | None = None   # a checkpoint folder written by `save` (step-N)
+    fingerprint: dict = field(default_factory=dict)  # the config that determines training, checked on resume
 
 
 def train(model, method, forget: list[dict], retain: list[dict] | None, settings: TrainSettings,
-          pad_id: int, logger=None, desc: str = "unlearn", wrap_lora: bool = True):
-    """Optimise `method.loss` over forget-anchored epochs; returns the (possibly LoRA-wrapped) model."""
+          pad_id: int, logger=None, desc: str = "unlearn", wrap_lora: bool = True, distributed=None,
+          device: str | None = None, checkpoints: Checkpoints | None = None, rebuild=None):
+    """Optimise `method.loss` over forget-anchored epochs on accelerate; returns the trained model.
+
+    Every process of a distributed launch calls this (it is a collective): each takes its shard of every
+    global batch (per-device batch x processes), its own retain draws, and accelerate syncs the gradients.
+    The model comes back unwrapped; under FSDP / ZeRO-3 the full weights are gathered into `rebuild()`
+    on rank 0 (the other ranks get None: they only train).
+    """
     from tqdm.auto import tqdm
     from transformers import get_scheduler
 
+    from unlearning.distributed import Distributed, ModelView, shard
+
     if not forget:
         raise UserError("the forget set is empty: nothing to train on (check the dataset's split and subset options)")
+    distributed = distributed or Distributed()
+    device = device or model.device.type
     torch.manual_seed(settings.seed)
     if settings.lora.enabled and wrap_lora:
         model = apply_lora(model, settings.lora)
     method.trainable(model)
+    speed_switches(model, settings, device)
+    acc = distributed.accelerator(settings.grad_accum, device, settings.max_grad_norm)
+    n, r = acc.num_processes, acc.process_index
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
-    steps_per_epoch = math.ceil(len(forget) / settings.batch_size / settings.grad_accum)
+    global_batch = settings.batch_size * n
+    steps_per_epoch = math.ceil(len(forget) / global_batch / settings.grad_accum)
     total = math.ceil(settings.epochs * steps_per_epoch)
     if settings.max_steps > 0:
         total = min(total, settings.max_steps) if settings.epochs > 0 else settings.max_steps
     total = max(total, 1)
     scheduler = get_scheduler(settings.scheduler, optimizer, num_warmup_steps=int(settings.warmup_ratio * total),
                               num_training_steps=total, scheduler_specific_kwargs=dict(settings.scheduler_kwargs))
+    # the scheduler stays unprepared: accelerate would step it once per process
+    wrapped, optimizer = acc.prepare(model, optimizer)
+    acc.register_for_checkpointing(scheduler)
+    view = ModelView(wrapped) if isinstance(wrapped, torch.nn.parallel.DistributedDataParallel) else wrapped
     order_rng = random.Random(settings.seed)
-    retain_rng = random.Random(settings.seed * 1000003 + 7919 * (rank() + 1))
+    retain_rng = random.Random(settings.seed * 1000003 + 7919 * (r + 1))
     retain_bs = settings.retain_batch_size or settings.batch_size
     use_retain = bool(method.needs_retain and retain)
 
@@ -151,39 +186,137 @@ def train(model, method, forget: list[dict], retain: list[dict] | None, settings
         while True:
             order = list(range(len(forget)))
             order_rng.shuffle(order)
-            for i in range(0, len(order), settings.batch_size):
-                yield [forget[j] for j in order[i : i + settings.batch_size]]
+            for i in range(0, len(order), global_batch):
+                yield [forget[j] for j in shard(order[i : i + global_batch], n, r)]
+
+    def retain_batch():
+        return retain_rng.sample(retain, min(retain_bs, len(retain)))
 
     batches = forget_batches()
-    model.train()
+    first = resume(acc, checkpoints, total, desc) if checkpoints and checkpoints.resume_from else 0
+    for _ in range(first * settings.grad_accum):  # the data position: replay the seeded draws, no compute
+        next(batches)
+        if use_retain:
+            retain_batch()
+    wrapped.train()
     t0 = time.perf_counter()
-    bar = tqdm(range(total), desc=desc, leave=False)
+    bar = tqdm(range(first, total), desc=desc, leave=False, disable=not acc.is_main_process)
     for step in bar:
         logs_acc: dict = {}
         for _ in range(settings.grad_accum):
-            batch = {"forget": _to(collate(next(batches), pad_id), model)}
-            if use_retain:
-                batch["retain"] = _to(collate(retain_rng.sample(retain, min(retain_bs, len(retain))), pad_id), model)
-            with precision(model, settings.bf16):
-                loss, logs = method.loss(model, batch)
-            check_finite(step + 1, {"loss": loss.item(), **logs})
-            (loss / settings.grad_accum).backward()
-            logs_acc["loss"] = logs_acc.get("loss", 0.0) + loss.item() / settings.grad_accum
-            for k, v in logs.items():
-                logs_acc[k] = logs_acc.get(k, 0.0) + float(v) / settings.grad_accum
-        if settings.max_grad_norm:
-            torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
-        optimizer.step()
+            with acc.accumulate(wrapped):
+                batch = {"forget": _to(collate(next(batches), pad_id), acc.device)}
+                if use_retain:
+                    batch["retain"] = _to(collate(retain_batch(), pad_id), acc.device)
+                with precision(view, settings.bf16):
+                    loss, logs = method.loss(view, batch)
+                terms = _mean_over_ranks(acc, {"loss": loss.item(), **{k: float(v) for k, v in logs.items()}})
+                check_finite(step + 1, terms)
+                acc.backward(loss)
+                if acc.sync_gradients and settings.max_grad_norm:
+                    acc.clip_grad_norm_(wrapped.parameters(), settings.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            for k, v in terms.items():
+                logs_acc[k] = logs_acc.get(k, 0.0) + v / settings.grad_accum
         scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
         logs_acc["lr"] = scheduler.get_last_lr()[0]
-        logs_acc["step"] = step + 1
         bar.set_postfix(loss=f"{logs_acc['loss']:.3f}")
         if logger is not None and ((step + 1) % settings.log_every == 0 or step + 1 == total):
-            logger.log({f"{desc}/{k}": v for k, v in logs_acc.items() if k != "step"}, step=step + 1)
+            logger.log({f"{desc}/{k}": v for k, v in logs_acc.items()}, step=step + 1)
+        if checkpoints and checkpoints.every and (step + 1) % checkpoints.every == 0 and step + 1 < total:
+            save(acc, checkpoints, step + 1)
+        _fault_injection(step + 1)
+    log.info("%s: %d steps in %.1f s", desc, total - first, time.perf_counter() - t0)
+    return finish(acc, wrapped, distributed, settings, rebuild)
+
+
+def speed_switches(model, settings: TrainSettings, device: str) -> None:
+    """Activation checkpointing, TF32 matmuls (CUDA) and torch.compile, as the trainer config asks."""
+    if settings.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = settings.tf32
+        torch.backends.cudnn.allow_tf32 = settings.tf32
+    if settings.compile:
+        model.compile()
+
+
+def finish(acc, wrapped, distributed, settings: TrainSettings, rebuild):
+    """The trained model as a plain module: unwrapped, or (FSDP / ZeRO-3) gathered into a fresh copy on rank 0."""
+    if not distributed.sharded:
+        model = acc.unwrap_model(wrapped)
+        model.eval()
+        return model
+    state = acc.get_state_dict(wrapped)  # a collective: full weights on rank 0
+    if not acc.is_main_process:
+        return None
+    if rebuild is None:
+        raise UserError(f"distributed.strategy={distributed.effective} needs the run to say how to rebuild the model")
+    model = rebuild()
+    if settings.lora.enabled:
+        model = apply_lora(model, settings.lora)
+    model.load_state_dict(state)
     model.eval()
-    log.info("%s: %d steps in %.1f s", desc, total, time.perf_counter() - t0)
     return model
+
+
+def _mean_over_ranks(acc, terms: dict) -> dict:
+    """The loss terms averaged over processes (the number a single process with the global batch logs)."""
+    if acc.num_processes == 1:
+        return terms
+    keys = sorted(terms)
+    t = acc.reduce(torch.tensor([terms[k] for k in keys], dtype=torch.float64, device=acc.device), "mean")
+    return dict(zip(keys, t.tolist()))
+
+
+def save(acc, checkpoints: Checkpoints, step: int) -> Path:
+    """The loop's whole state (model, optimizer, scheduler, RNGs) into step-N, atomically: tmp folder, then rename."""
+    from unlearning.distributed import broadcast, wait
+    from unlearning.results import write_json
+
+    folder = checkpoints.folder / f"step-{step}"
+    tmp = checkpoints.folder / f".step-{step}.tmp"
+    if acc.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    tmp = Path(broadcast(str(tmp)))
+    wait()
+    acc.save_state(str(tmp))  # every rank: its RNG state; rank 0 (or every shard holder) the rest
+    wait()
+    if acc.is_main_process:
+        write_json(tmp / "loop.json", {"step": step, "fingerprint": checkpoints.fingerprint})
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(tmp, folder)
+        for old in checkpoints.folder.glob("step-*"):  # the newest complete checkpoint is all a resume needs
+            if old != folder and old.is_dir():
+                shutil.rmtree(old, ignore_errors=True)
+        log.info("checkpoint: %s", folder)
+    wait()
+    return folder
+
+
+def resume(acc, checkpoints: Checkpoints, total: int, desc: str) -> int:
+    """Load a checkpoint's state into the prepared objects; returns the step it ends at."""
+    path = Path(checkpoints.resume_from)
+    step = int(json.loads((path / "loop.json").read_text())["step"])
+    if step >= total:
+        raise UserError(f"checkpoint {path} is at step {step}, but this run trains for {total} steps")
+    acc.load_state(str(path))
+    log.info("%s: resumed from %s (step %d of %d)", desc, path, step, total)
+    return step
+
+
+def latest_checkpoint(folder: Path) -> Path | None:
+    """The newest complete checkpoint in a checkpoints folder (a folder still named .tmp was never finished)."""
+    done = [p for p in Path(folder).glob("step-*") if (p / "loop.json").is_file()]
+    return max(done, key=lambda p: int(p.name.split("-")[1]), default=None)
+
+
+def _fault_injection(step: int) -> None:
+    # for the kill -9 / resume test: the process kills itself hard after this step, as a crash would
+    if os.environ.get("UNLEARNING_FAULT_KILL_AFTER_STEP") == str(step):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def check_finite(step: int, terms: dict) -> None:
@@ -194,5 +327,5 @@ def check_finite(step: int, terms: dict) -> None:
         raise Diverged(step, term, value)
 
 
-def _to(batch: dict, model) -> dict:
-    return {k: (v.to(model.device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+def _to(batch: dict, device) -> dict:
+    return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}

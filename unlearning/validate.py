@@ -20,7 +20,7 @@ from unlearning.errors import UserError
 
 # Config keys a group's node carries for the run itself, not for its `_target_`'s constructor.
 RUN_KEYS = {"model": {"finetune"}}
-GROUPS = ("dataset", "model", "method", "evaluator", "logger")
+GROUPS = ("dataset", "model", "method", "evaluator", "logger", "distributed")
 
 
 @dataclass
@@ -35,6 +35,7 @@ class Parts:
     unlearn: object
     finetune: object
     attacks: dict = field(default_factory=dict)
+    distributed: object = None
 
 
 def validate(cfg: DictConfig) -> Parts:
@@ -62,7 +63,34 @@ def validate(cfg: DictConfig) -> Parts:
     for attack in attacks.values():
         if hasattr(attack, "check"):
             attack.check(evaluator, data)
-    return Parts(data, spec, method, evaluator, logger, unlearn, finetune, attacks)
+    distributed = build(cfg.distributed)
+    check_distributed(cfg, distributed, method, attacks)
+    check_resume(cfg)
+    return Parts(data, spec, method, evaluator, logger, unlearn, finetune, attacks, distributed)
+
+
+def check_distributed(cfg: DictConfig, distributed, method, attacks: dict) -> None:
+    """What cannot run under this launch: a strategy without its launcher or library, RMU under DDP."""
+    distributed.check()
+    if distributed.effective == "single":
+        return
+    if getattr(method, "name", "") == "rmu":
+        raise UserError("method=rmu stops the forward pass at its layer, which DDP/FSDP cannot synchronise; "
+                        "run RMU in one process (distributed=auto without torchrun)")
+    if distributed.sharded and attacks:
+        raise UserError(f"attacks under distributed.strategy={distributed.effective}: the attacks need the whole "
+                        "model in every process; run them with ddp, or on the saved model in one process")
+
+
+def check_resume(cfg: DictConfig) -> None:
+    from pathlib import Path
+
+    value = cfg.get("resume", False)
+    if isinstance(value, bool) or value is None:
+        return
+    if not Path(str(value)).exists():
+        raise UserError(f"resume={value}: no such run or checkpoint folder; give a run folder (with checkpoints/), "
+                        "a checkpoint folder (step-N), or resume=true for this run's own folder")
 
 
 def build(node):

@@ -1,0 +1,256 @@
+"""Distributed training, checkpoints and resume, with real processes on this CPU.
+
+Two gloo processes started by torchrun run the tiny model exactly as a GPU cluster would run a
+7B one (same code path: accelerate's DDP, forget shards, rank-0 writes); a run killed with
+SIGKILL resumes from its last checkpoint to the very numbers of a run never interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, compose
+
+# NPO without a retain term: every process's loss is a mean over its own examples, so the
+# gradient DDP averages equals the single-process gradient of the same global batch.
+BASE = ["model=tiny", "dataset=tofu", "dataset.retain_authors=2", "evaluator.max_items=6",
+        "evaluator.max_new_tokens=16", "model.finetune.epochs=2", "trainer.max_steps=3", "trainer.lr=1e-3",
+        "method=npo", "method.retain_weight=0"]
+
+
+def cli(*args: str, env: dict | None = None, launcher: list[str] | None = None, timeout: int = 300):
+    cmd = (launcher or [sys.executable, "-m", "unlearning"]) + list(args)
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=timeout,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+
+
+def torchrun(n: int) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}", "-m", "unlearning"]
+
+
+def losses(run_dir: Path) -> list[float]:
+    return [row["unlearn/loss"] for row in map(json.loads, (run_dir / "train_log.jsonl").read_text().splitlines())]
+
+
+def numbers(record: dict) -> dict:
+    return {k: v for k, v in record["metrics"].items() if isinstance(v, (int, float))}
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory, data_dir):
+    """The uninterrupted one-process run, global batch 4."""
+    from unlearning.run import run
+
+    out = tmp_path_factory.mktemp("single")
+    record = run(compose(BASE + ["trainer.batch_size=4"]), out, [])
+    return out, record
+
+
+def test_two_processes_equal_one_with_the_same_global_batch(single, tmp_path):
+    ref_dir, ref = single
+    sweep = tmp_path / "sweep"
+    # a one-job sweep, so the sweep summary is exercised under the distributed launch too
+    p = cli("-m", *BASE, "trainer.batch_size=2", f"hydra.sweep.dir={sweep}", launcher=torchrun(2))
+    assert p.returncode == 0, p.stderr[-3000:]
+    job = sweep / "0"
+    record = json.loads((job / "results.json").read_text())
+    assert record["training"] == {"strategy": "ddp", "processes": 2, "per_device_batch": 2, "grad_accum": 1,
+                                  "global_batch": 4}
+    assert losses(job) == pytest.approx(losses(ref_dir), abs=1e-5)
+    assert numbers(record) == pytest.approx(numbers(ref), abs=1e-5)
+    # rank 0 wrote everything once: one record, one model, one summary row, no second run folder
+    assert (job / "model" / "config.json").is_file()
+    summary = json.loads((sweep / "summary.json").read_text())
+    assert [r["status"] for r in summary["jobs"]] == ["ok"]
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0"]
+    assert p.stdout.count("results:") == 1
+
+
+def test_kill_9_then_resume_ends_with_the_uninterrupted_numbers(single, tmp_path):
+    _, ref = single
+    run_dir = tmp_path / "run"
+    args = [*BASE, "trainer.batch_size=4", "trainer.save_every=1", f"hydra.run.dir={run_dir}"]
+    killed = cli(*args, env={"UNLEARNING_FAULT_KILL_AFTER_STEP": "2"})
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert not (run_dir / "results.json").exists()
+    assert (run_dir / "checkpoints" / "step-2" / "loop.json").is_file()
+    assert not list((run_dir / "checkpoints").glob(".*tmp"))  # no half-written checkpoint
+
+    resumed = cli(*args, "resume=true")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    record = json.loads((run_dir / "results.json").read_text())
+    assert record["resumed_from"].endswith("step-2")
+    assert numbers(record) == pytest.approx(numbers(ref), abs=1e-6)
+    assert not (run_dir / "checkpoints").exists()  # a finished run keeps no checkpoint
+
+
+def test_resume_refuses_a_checkpoint_of_another_config(single, tmp_path):
+    from unlearning.errors import UserError
+    from unlearning.run import run
+
+    run_dir = tmp_path / "run"
+    killed = cli(*BASE, "trainer.batch_size=4", "trainer.save_every=1", f"hydra.run.dir={run_dir}",
+                 env={"UNLEARNING_FAULT_KILL_AFTER_STEP": "1"})
+    assert killed.returncode == -9
+    with pytest.raises(UserError, match=r"differing keys: method.beta, trainer.lr"):
+        run(compose(BASE + ["trainer.batch_size=4", "trainer.lr=2e-3", "method.beta=0.2", "resume=true"]), run_dir)
+
+
+def test_relaunched_sweep_skips_finished_jobs_and_resumes_the_others(data_dir, tmp_path):
+    sweep = tmp_path / "sweep"
+    args = ["-m", *[a for a in BASE if not a.startswith("trainer.max_steps")], "trainer.batch_size=4",
+            "trainer.save_every=1", "trainer.max_steps=1,3", f"hydra.sweep.dir={sweep}"]
+    crashed = cli(*args, env={"UNLEARNING_FAULT_KILL_AFTER_STEP": "2"})  # job 0 ends at step 1; job 1 dies
+    assert crashed.returncode == -9
+    first = (sweep / "0" / "results.json").stat().st_mtime_ns
+    assert not (sweep / "1" / "results.json").exists()
+
+    again = cli(*args, "resume=true")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (sweep / "0" / "results.json").stat().st_mtime_ns == first  # not run again
+    job1 = json.loads((sweep / "1" / "results.json").read_text())
+    assert job1["status"] == "ok" and job1["resumed_from"].endswith("step-2")
+    summary = json.loads((sweep / "summary.json").read_text())
+    assert [r["status"] for r in summary["jobs"]] == ["ok", "ok"]
+
+
+# ---- bad input: one line, exit 2, before any work ------------------------------------------------------
+
+def _validate(overrides, monkeypatch, world: int = 1):
+    from unlearning.validate import validate
+
+    monkeypatch.setenv("WORLD_SIZE", str(world))
+    return validate(compose(BASE + overrides))
+
+
+@pytest.mark.parametrize("choice", ["ddp", "fsdp", "deepspeed_zero3"])
+def test_a_distributed_strategy_without_its_launcher(choice, data_dir, monkeypatch):
+    from unlearning.errors import UserError
+
+    with pytest.raises(UserError, match="needs a multi-process launch, but WORLD_SIZE is 1: start it with `torchrun"):
+        _validate([f"distributed={choice}"], monkeypatch)
+
+
+def test_single_under_a_multi_process_launch(data_dir, monkeypatch):
+    from unlearning.errors import UserError
+
+    with pytest.raises(UserError, match="distributed=single, but this launch started 2 processes"):
+        _validate(["distributed=single"], monkeypatch, world=2)
+
+
+def test_deepspeed_not_installed(data_dir, monkeypatch):
+    import importlib.util
+
+    from unlearning.errors import UserError
+
+    assert importlib.util.find_spec("deepspeed") is None, "this test expects a machine without DeepSpeed"
+    for choice in ("deepspeed_zero2", "deepspeed_zero3"):
+        with pytest.raises(UserError, match="DeepSpeed is not installed: `pip install deepspeed`"):
+            _validate([f"distributed={choice}"], monkeypatch, world=2)
+
+
+def test_fsdp_config_composes_and_validates(data_dir, monkeypatch):
+    parts = _validate(["distributed=fsdp"], monkeypatch, world=2)
+    assert parts.distributed.effective == "fsdp" and parts.distributed.sharded
+    assert parts.distributed.fsdp["auto_wrap_policy"] == "transformer_based_wrap"
+    assert parts.distributed.describe(2, 4)["global_batch"] == 16
+
+
+def test_unknown_plugin_option(data_dir, monkeypatch):
+    from unlearning.errors import UserError
+
+    with pytest.raises(UserError, match=r"distributed.fsdp has unknown option\(s\) \['shard_everything'\]"):
+        _validate(["distributed=fsdp", "+distributed.fsdp.shard_everything=true"], monkeypatch, world=2)
+
+
+def test_resume_with_no_checkpoint(tmp_path, data_dir):
+    from unlearning.errors import UserError
+    from unlearning.run import run
+
+    cache = Path(os.environ["UNLEARNING_CACHE"])
+    before = sorted(cache.rglob("*")) if cache.exists() else []
+    with pytest.raises(UserError, match=r"resume=True: no checkpoint in .*checkpoints \(a run writes them with "
+                                        r"trainer.save_every=N\)"):
+        run(compose(BASE + ["resume=true"]), tmp_path / "fresh")
+    assert (sorted(cache.rglob("*")) if cache.exists() else []) == before  # nothing built
+
+
+def test_resume_path_that_does_not_exist(tmp_path, data_dir):
+    p = cli(*BASE, f"resume={tmp_path / 'nope'}", f"hydra.run.dir={tmp_path / 'run'}")
+    assert p.returncode == 2
+    assert p.stderr.strip().splitlines() == [f"error: resume={tmp_path / 'nope'}: no such run or checkpoint folder; "
+                                             "give a run folder (with checkpoints/), a checkpoint folder (step-N), "
+                                             "or resume=true for this run's own folder"]
+
+
+def test_negative_save_every(data_dir, monkeypatch):
+    from unlearning.errors import UserError
+
+    with pytest.raises(UserError, match=r"trainer.save_every=-1 must be >= 0"):
+        _validate(["trainer.save_every=-1"], monkeypatch)
+
+
+def test_shards_cover_the_global_batch_exactly():
+    from unlearning.distributed import shard
+
+    chunk = list(range(8))
+    assert [shard(chunk, 2, r) for r in range(2)] == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert [shard([0, 1, 2], 2, r) for r in range(2)] == [[0, 1], [2]]
+    assert [shard([5], 2, r) for r in range(2)] == [[5], [5]]  # a last batch smaller than the ranks is repeated
+    assert shard(chunk, 1, 0) is chunk
+
+
+def test_stage_builds_are_not_keyed_by_how_they_train():
+    from unlearning.stages import stage_key
+    from unlearning.train import TrainSettings
+
+    a = stage_key("target", {}, [], [], TrainSettings(), 64)
+    b = stage_key("target", {}, [], [], TrainSettings(save_every=5, gradient_checkpointing=True), 64)
+    c = stage_key("target", {}, [], [], TrainSettings(lr=2e-5), 64)
+    assert a == b and a != c
+
+
+@pytest.fixture(autouse=True)
+def _no_stray_outputs():
+    """Distributed launches must not leave a second run folder under outputs/ (rank 1's own timestamp)."""
+    before = set((ROOT / "outputs").glob("*/*")) if (ROOT / "outputs").exists() else set()
+    yield
+    after = set((ROOT / "outputs").glob("*/*")) if (ROOT / "outputs").exists() else set()
+    new = after - before
+    for p in new:
+        shutil.rmtree(p, ignore_errors=True)
+    assert not new, f"a test wrote into outputs/: {sorted(map(str, new))}"
+
+
+def test_slurm_multigpu_launcher_asks_one_gpu_per_process():
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = hydra_compose("config", overrides=["hydra/launcher=slurm_multigpu", "distributed=fsdp",
+                                                 "distributed.processes=4"], return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert (launcher.nodes, launcher.gpus_per_node, launcher.tasks_per_node) == (1, 4, 4)
+
+
+def test_slurm_tasks_become_a_torch_distributed_launch(monkeypatch):
+    """A Slurm cluster cannot exist here: its variables are set by hand, as srun sets them for task 1 of 2."""
+    from unlearning.__main__ import slurm_torch_environment
+
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setattr(os, "environ", dict(os.environ))  # the export writes os.environ; keep it to this test
+    os.environ.update(SUBMITIT_EXECUTOR="slurm", SLURM_NTASKS="2", SLURM_PROCID="1", SLURM_LOCALID="1",
+                      SLURM_JOB_ID="42", SLURM_JOB_NODELIST="node7", SLURM_NODEID="0", SLURM_JOB_NUM_NODES="1",
+                      SLURM_NNODES="1", SLURM_STEP_NODELIST="node7")
+    slurm_torch_environment()
+    assert (os.environ["RANK"], os.environ["WORLD_SIZE"], os.environ["LOCAL_RANK"]) == ("1", "2", "1")
+    assert os.environ["MASTER_ADDR"] == "node7"

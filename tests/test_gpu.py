@@ -1,0 +1,42 @@
+"""GPU paths: bf16 weights, sdpa attention, 1 and 2 GPUs (DDP, FSDP). Marked `gpu`: they run where CUDA is visible.
+
+The same tests run on CPU with gloo in test_distributed.py; these check what only a GPU has
+(bf16 kernels, NCCL, one device per process).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import compose
+from test_distributed import BASE, cli, losses, numbers, torchrun
+
+pytestmark = pytest.mark.gpu
+
+
+def test_bf16_weights_and_sdpa_on_one_gpu(tmp_path, data_dir):
+    from unlearning.models import load_folder
+    from unlearning.run import run
+
+    record = run(compose(BASE + ["device=cuda", "model.dtype=bfloat16", "model.attn_implementation=sdpa",
+                                 "trainer.batch_size=4"]), tmp_path / "run", [])
+    assert record["status"] == "ok" and record["provenance"]["device"].startswith("cuda")
+    model, _ = load_folder(tmp_path / "run" / "model", dtype="bfloat16")
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    assert model.config._attn_implementation == "sdpa"
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_gpus_equal_one(strategy, tmp_path, data_dir):
+    one, two = tmp_path / "one", tmp_path / "two"
+    p1 = cli(*BASE, "device=cuda", "trainer.batch_size=4", f"hydra.run.dir={one}")
+    p2 = cli(*BASE, "device=cuda", f"distributed={strategy}", "trainer.batch_size=2", f"hydra.run.dir={two}",
+             launcher=torchrun(2))
+    assert p1.returncode == 0 and p2.returncode == 0, (p1.stderr[-2000:], p2.stderr[-2000:])
+    a, b = (json.loads((d / "results.json").read_text()) for d in (one, two))
+    assert b["training"]["global_batch"] == 4 and b["training"]["strategy"] == strategy
+    assert losses(two) == pytest.approx(losses(one), abs=1e-4)
+    assert numbers(b) == pytest.approx(numbers(a), abs=1e-3)

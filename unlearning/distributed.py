@@ -1,0 +1,211 @@
+"""The run's processes, on accelerate: the `distributed` config group and the rank-0 rules.
+
+accelerate does all of the distribution (the process group from the launcher's environment,
+DDP / FSDP / DeepSpeed wrapping, gradient sync, gathering, state save/load); this module only
+turns `conf/distributed/*.yaml` into accelerate's own plugins, refuses configs that cannot
+work before any weights load, and names the few rules the rest of the code follows:
+every process trains (a collective), only rank 0 writes and evaluates, the others wait.
+Written by hand: `ModelView` (DDP, unlike FSDP and DeepSpeed, does not forward attribute
+access to the wrapped model, and methods read `model.device`, `disable_adapter`, layers).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import importlib.util
+import os
+
+from unlearning.errors import UserError, reject_unknown
+
+STRATEGIES = ("auto", "single", "ddp", "fsdp", "deepspeed")
+SHARDED = ("fsdp", "deepspeed")
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def timeout() -> datetime.timedelta:
+    # ranks wait at collectives while rank 0 evaluates alone; NCCL's default 10 min would kill a 7B evaluation
+    return datetime.timedelta(minutes=float(os.environ.get("UNLEARNING_DIST_TIMEOUT_MIN", "180")))
+
+
+def _state():
+    """accelerate's process state; the first call (under a multi-process launch) creates the process group."""
+    import torch
+    from accelerate import PartialState
+
+    # accelerate starts a CPU process group (gloo) only when told cpu=True
+    return PartialState(cpu=not torch.cuda.is_available(), timeout=timeout())
+
+
+def wait() -> None:
+    """Barrier across processes (nothing in a single process)."""
+    if world_size() > 1:
+        _state().wait_for_everyone()
+
+
+def broadcast(obj, src: int = 0):
+    """`obj` as rank `src` has it, on every rank (a picklable object; itself in a single process)."""
+    if world_size() == 1:
+        return obj
+    import torch.distributed as dist
+
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+@contextlib.contextmanager
+def main_first():
+    """Rank 0 runs the block first (builds, writes); the others wait, then run it (and find the result)."""
+    if not is_main():
+        wait()
+    yield
+    if is_main():
+        wait()
+
+
+def on_main(fn, *args, **kwargs):
+    """Run `fn` on rank 0 only; every rank returns rank 0's result (evaluation: the others wait)."""
+    if world_size() == 1:
+        return fn(*args, **kwargs)
+    return broadcast(fn(*args, **kwargs) if is_main() else None)
+
+
+class ModelView:
+    """A DDP-wrapped model as methods expect it: calls go through DDP (gradients sync), attributes to the model."""
+
+    def __init__(self, wrapped):
+        self.__dict__["_wrapped"] = wrapped
+
+    def __call__(self, *args, **kwargs):
+        return self._wrapped(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._wrapped.module, name)
+
+
+class MainOnly:
+    """An evaluator whose `evaluate` runs on rank 0 alone; every rank gets rank 0's result (the others wait)."""
+
+    def __init__(self, inner):
+        self.__dict__["_inner"] = inner
+
+    def evaluate(self, *args, **kwargs):
+        return on_main(self._inner.evaluate, *args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+
+class Distributed:
+    """`distributed=` config group: how the processes of one run share the work (accelerate plugins)."""
+
+    def __init__(self, strategy: str = "auto", processes: int = 1, find_unused_parameters: bool = False,
+                 fsdp: dict | None = None, deepspeed: dict | None = None, **unknown):
+        reject_unknown("distributed", strategy, unknown,
+                       ["strategy", "processes", "find_unused_parameters", "fsdp", "deepspeed"])
+        if strategy not in STRATEGIES:
+            raise UserError(f"distributed.strategy={strategy!r} is unknown; use one of {', '.join(STRATEGIES)}")
+        if int(processes) < 1:
+            raise UserError(f"distributed.processes={processes} must be >= 1 (processes, i.e. GPUs, per job)")
+        self.strategy, self.processes = strategy, int(processes)
+        self.find_unused_parameters = bool(find_unused_parameters)
+        self.fsdp, self.deepspeed = dict(fsdp or {}), dict(deepspeed or {})
+
+    @property
+    def effective(self) -> str:
+        """The strategy this launch runs: `auto` is single in one process and DDP under a multi-process launch."""
+        if self.strategy == "auto":
+            return "ddp" if world_size() > 1 else "single"
+        return self.strategy
+
+    @property
+    def sharded(self) -> bool:
+        return self.effective in SHARDED
+
+    def check(self) -> None:
+        """Refuse what cannot work here, before any weights load."""
+        n = world_size()
+        if self.strategy == "single" and n > 1:
+            raise UserError(f"distributed=single, but this launch started {n} processes (WORLD_SIZE={n}); they would "
+                            "race for one output folder: use distributed=ddp (or auto), or launch one process")
+        if self.strategy in ("ddp", *SHARDED) and n == 1:
+            raise UserError(f"distributed.strategy={self.strategy} needs a multi-process launch, but WORLD_SIZE is 1: "
+                            "start it with `torchrun --nproc_per_node N -m unlearning ...` or `accelerate launch "
+                            "--num_processes N -m unlearning ...`, or use distributed=auto for one process")
+        if self.effective == "deepspeed" and importlib.util.find_spec("deepspeed") is None:
+            raise UserError("distributed.strategy=deepspeed, but DeepSpeed is not installed: `pip install deepspeed` "
+                            "(on a CUDA machine), or use distributed=fsdp")
+        if self.effective == "fsdp":
+            from accelerate.utils import FullyShardedDataParallelPlugin
+
+            _plugin_keys("fsdp", self.fsdp, FullyShardedDataParallelPlugin)
+        if self.effective == "deepspeed":
+            from accelerate.utils import DeepSpeedPlugin
+
+            _plugin_keys("deepspeed", self.deepspeed, DeepSpeedPlugin)
+
+    def describe(self, batch_size: int, grad_accum: int) -> dict:
+        """What results.json records: the strategy and the global batch (per device x processes x accumulation)."""
+        n = world_size()
+        return {"strategy": self.effective, "processes": n, "per_device_batch": batch_size, "grad_accum": grad_accum,
+                "global_batch": batch_size * n * grad_accum}
+
+    def accelerator(self, grad_accum: int, device: str, max_grad_norm: float = 1.0):
+        """A fresh `accelerate.Accelerator` for one training loop (stage fine-tune, unlearning, relearn attack)."""
+        from accelerate import Accelerator
+        from accelerate.state import AcceleratorState, GradientState
+        from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs
+
+        if world_size() == 1:
+            # one process: nothing to keep between loops, and a loop on cpu after one on cuda must not inherit it
+            AcceleratorState._reset_state(reset_partial_state=True)
+            GradientState._reset_state()
+        else:
+            _state()
+        kwargs = {"gradient_accumulation_steps": grad_accum, "cpu": device == "cpu",
+                  "kwargs_handlers": [DistributedDataParallelKwargs(find_unused_parameters=self.find_unused_parameters),
+                                      InitProcessGroupKwargs(timeout=timeout())]}
+        if self.effective == "fsdp":
+            from accelerate.utils import FullyShardedDataParallelPlugin
+
+            kwargs["fsdp_plugin"] = FullyShardedDataParallelPlugin(**self.fsdp)
+        elif self.effective == "deepspeed":
+            from accelerate.utils import DeepSpeedPlugin
+
+            kwargs["deepspeed_plugin"] = DeepSpeedPlugin(**{"gradient_accumulation_steps": grad_accum,
+                                                            "gradient_clipping": max_grad_norm, **self.deepspeed})
+        return Accelerator(**kwargs)
+
+
+def _plugin_keys(key: str, given: dict, plugin) -> None:
+    unknown = sorted(set(given) - set(plugin.__dataclass_fields__))
+    if unknown:
+        raise UserError(f"distributed.{key} has unknown option(s) {unknown}: it takes the arguments of accelerate's "
+                        f"{plugin.__name__} (e.g. {sorted(plugin.__dataclass_fields__)[:6]} ...)")
+
+
+def shard(chunk: list, n: int, r: int) -> list:
+    """Rank r's contiguous part of one global batch; a short last batch is padded by repeating its start.
+
+    With a full batch of n x b items this is items [r*b, (r+1)*b): the union over ranks is exactly the
+    global batch a single process with batch n x b would take, so the data a step sees does not depend on n.
+    """
+    if n == 1:
+        return chunk
+    while len(chunk) < n:
+        chunk = chunk + chunk[: n - len(chunk)]
+    size, extra = divmod(len(chunk), n)
+    start = r * size + min(r, extra)
+    return chunk[start : start + size + (1 if r < extra else 0)]
