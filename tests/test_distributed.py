@@ -56,7 +56,10 @@ def test_two_processes_equal_one_with_the_same_global_batch(single, tmp_path):
     ref_dir, ref = single
     sweep = tmp_path / "sweep"
     # a one-job sweep, so the sweep summary is exercised under the distributed launch too
-    p = cli("-m", *BASE, "trainer.batch_size=2", f"hydra.sweep.dir={sweep}", launcher=torchrun(2))
+    # the same target and reference as the one-process run (two processes would fine-tune their own: per-process batches)
+    stages = [f"stage.{k}_path={v['path']}" for k, v in ref["stages"].items()]
+    assert {s.split("=")[0] for s in stages} == {"stage.target_path", "stage.reference_path"}
+    p = cli("-m", *BASE, *stages, "trainer.batch_size=2", f"hydra.sweep.dir={sweep}", launcher=torchrun(2))
     assert p.returncode == 0, p.stderr[-3000:]
     job = sweep / "0"
     record = json.loads((job / "results.json").read_text())
@@ -88,6 +91,23 @@ def test_kill_9_then_resume_ends_with_the_uninterrupted_numbers(single, tmp_path
     assert record["resumed_from"].endswith("step-2")
     assert numbers(record) == pytest.approx(numbers(ref), abs=1e-6)
     assert not (run_dir / "checkpoints").exists()  # a finished run keeps no checkpoint
+
+
+def test_two_processes_killed_then_resumed_equal_two_uninterrupted(tmp_path, data_dir):
+    """GradDiff: two forward passes per step through DDP, and per-rank retain draws replayed on resume."""
+    args = [*BASE, "method=graddiff", "trainer.batch_size=2", "trainer.save_every=1"]
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    assert cli(*args, f"hydra.run.dir={whole}", launcher=torchrun(2)).returncode == 0
+    killed = cli(*args, f"hydra.run.dir={cut}", env={"UNLEARNING_FAULT_KILL_AFTER_STEP": "2"}, launcher=torchrun(2))
+    assert killed.returncode != 0 and not (cut / "results.json").exists()
+    assert sorted(p.name for p in (cut / "checkpoints" / "step-2").glob("random_states_*")) == [
+        "random_states_0.pkl", "random_states_1.pkl"]
+    resumed = cli(*args, f"hydra.run.dir={cut}", "resume=true", launcher=torchrun(2))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a, b = (json.loads((d / "results.json").read_text()) for d in (whole, cut))
+    assert b["resumed_from"].endswith("step-2")
+    assert losses(cut)[-1] == pytest.approx(losses(whole)[-1], abs=1e-6)
+    assert numbers(b) == pytest.approx(numbers(a), abs=1e-6)
 
 
 def test_resume_refuses_a_checkpoint_of_another_config(single, tmp_path):
@@ -144,18 +164,36 @@ def test_single_under_a_multi_process_launch(data_dir, monkeypatch):
         _validate(["distributed=single"], monkeypatch, world=2)
 
 
+def _pretend_gpus(monkeypatch):
+    # a GPU cannot exist here: FSDP/DeepSpeed validation past the CUDA check is reached by saying there is one
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+
+
+def test_sharded_strategies_need_gpus(data_dir, monkeypatch):
+    """accelerate ignores FSDP/DeepSpeed plugins on CPU (it would run DDP and the record would lie): refused."""
+    from unlearning.errors import UserError
+
+    for choice, name in (("fsdp", "fsdp"), ("deepspeed_zero3", "deepspeed")):
+        with pytest.raises(UserError, match=f"distributed.strategy={name} needs CUDA GPUs .* use distributed=ddp here"):
+            _validate([f"distributed={choice}"], monkeypatch, world=2)
+
+
 def test_deepspeed_not_installed(data_dir, monkeypatch):
     import importlib.util
 
     from unlearning.errors import UserError
 
     assert importlib.util.find_spec("deepspeed") is None, "this test expects a machine without DeepSpeed"
+    _pretend_gpus(monkeypatch)
     for choice in ("deepspeed_zero2", "deepspeed_zero3"):
         with pytest.raises(UserError, match="DeepSpeed is not installed: `pip install deepspeed`"):
             _validate([f"distributed={choice}"], monkeypatch, world=2)
 
 
 def test_fsdp_config_composes_and_validates(data_dir, monkeypatch):
+    _pretend_gpus(monkeypatch)
     parts = _validate(["distributed=fsdp"], monkeypatch, world=2)
     assert parts.distributed.effective == "fsdp" and parts.distributed.sharded
     assert parts.distributed.fsdp["auto_wrap_policy"] == "transformer_based_wrap"
@@ -165,6 +203,7 @@ def test_fsdp_config_composes_and_validates(data_dir, monkeypatch):
 def test_unknown_plugin_option(data_dir, monkeypatch):
     from unlearning.errors import UserError
 
+    _pretend_gpus(monkeypatch)
     with pytest.raises(UserError, match=r"distributed.fsdp has unknown option\(s\) \['shard_everything'\]"):
         _validate(["distributed=fsdp", "+distributed.fsdp.shard_everything=true"], monkeypatch, world=2)
 
@@ -206,7 +245,7 @@ def test_shards_cover_the_global_batch_exactly():
     assert shard(chunk, 1, 0) is chunk
 
 
-def test_stage_builds_are_not_keyed_by_how_they_train():
+def test_stage_builds_are_not_keyed_by_how_they_train(monkeypatch):
     from unlearning.stages import stage_key
     from unlearning.train import TrainSettings
 
@@ -214,6 +253,8 @@ def test_stage_builds_are_not_keyed_by_how_they_train():
     b = stage_key("target", {}, [], [], TrainSettings(save_every=5, gradient_checkpointing=True), 64)
     c = stage_key("target", {}, [], [], TrainSettings(lr=2e-5), 64)
     assert a == b and a != c
+    monkeypatch.setenv("WORLD_SIZE", "2")  # per-process batches: two processes fine-tune another stage
+    assert stage_key("target", {}, [], [], TrainSettings(), 64) != a
 
 
 @pytest.fixture(autouse=True)

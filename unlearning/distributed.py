@@ -144,6 +144,12 @@ class Distributed:
             raise UserError(f"distributed.strategy={self.strategy} needs a multi-process launch, but WORLD_SIZE is 1: "
                             "start it with `torchrun --nproc_per_node N -m unlearning ...` or `accelerate launch "
                             "--num_processes N -m unlearning ...`, or use distributed=auto for one process")
+        if self.sharded:
+            import torch
+
+            if not torch.cuda.is_available():  # accelerate wires FSDP and DeepSpeed on GPUs only; on CPU it would run DDP
+                raise UserError(f"distributed.strategy={self.effective} needs CUDA GPUs (accelerate runs FSDP and DeepSpeed "
+                                "on GPUs only; on CPU it would silently run DDP): use distributed=ddp here")
         if self.effective == "deepspeed" and importlib.util.find_spec("deepspeed") is None:
             raise UserError("distributed.strategy=deepspeed, but DeepSpeed is not installed: `pip install deepspeed` "
                             "(on a CUDA machine), or use distributed=fsdp")

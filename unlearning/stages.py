@@ -18,7 +18,7 @@ from pathlib import Path
 from filelock import FileLock
 
 from unlearning.data.base import Example, encode
-from unlearning.distributed import broadcast, is_main, wait
+from unlearning.distributed import broadcast, is_main, wait, world_size
 from unlearning.hashing import examples_hash, short_hash, texts_hash
 from unlearning.methods.base import FineTune
 from unlearning.models import cache_root
@@ -32,8 +32,9 @@ def stage_key(kind: str, model_fingerprint: dict, corpus: list[str], examples: l
               settings: TrainSettings, max_length: int) -> dict:
     """Everything that determines a stage's weights; its hash names the cache folder."""
     finetune = {k: v for k, v in dataclasses.asdict(settings).items() if k not in NOT_IN_KEY}
+    # batch_size is per process: N processes fine-tune with an N times larger global batch, so other weights
     return {"kind": kind, "model": model_fingerprint, "corpus": texts_hash(corpus), "data": examples_hash(examples),
-            "n_examples": len(examples), "finetune": finetune, "max_length": max_length}
+            "n_examples": len(examples), "finetune": finetune, "max_length": max_length, "processes": world_size()}
 
 
 NOT_IN_KEY = ("save_every", "log_every", "compile", "gradient_checkpointing")  # how it trains, not what it learns
