@@ -33,6 +33,8 @@ def pytest_collection_modifyitems(config, items):
 
     if torch.cuda.is_available():
         return
+    if os.environ.get("UNLEARNING_REQUIRE_GPU") == "1":  # a GPU CI sets it: a lost GPU fails, never skips
+        raise pytest.UsageError("UNLEARNING_REQUIRE_GPU=1 but torch sees no CUDA device")
     skip = pytest.mark.skip(reason="gpu test: no CUDA device visible here (run `make test` on a GPU machine)")
     for item in items:
         if "gpu" in item.keywords:
