@@ -9,7 +9,7 @@ export UNLEARNING_DATA_DIR ?= $(abspath ../shared/data)
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: run test lint check install bench clean figures figures-main figures-pii-seed figures-bench
+.PHONY: run test lint check install bench clean figures figures-main figures-pii-seed figures-bench figures-pii-paper figures-tofu-full
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -60,6 +60,23 @@ figures-pii-seed: $(VENV)/.installed
 	$(VENV)/bin/unlearning-table $(FIG)/seed_orpo $(FIG)/seed_orpo_cfg $(FIG)/seed_orpo_cfg_sub \
 	  --labels "ORPO (plain pairs),ORPO CFG-aware,ORPO CFG-aware + subtraction" --columns $(PII_COLS) \
 	  --update README.md --marker pii_seed
+
+# The seed's table at the benchmark's own size (issue 12): 20 people, 10 PII types, model-written replacements,
+# every gamma and every attack. Resumable: re-running it skips finished rows and resumes the interrupted one.
+PAPER_COLS := $(PII_COLS),leakage_rate_type_name,leakage_rate_type_email,leakage_rate_type_phone,leakage_rate_type_address,leakage_rate_type_dob,leakage_rate_type_national_id,leakage_rate_type_credit_card,leakage_rate_type_iban,leakage_rate_type_employer,leakage_rate_type_job
+figures-pii-paper: $(VENV)/.installed
+	$(VENV)/bin/unlearning -m experiment=pii_paper method=orpo,orpo_cfg resume=true hydra.sweep.dir=$(FIG)/pii_paper
+	$(VENV)/bin/unlearning -m experiment=pii_paper subtraction.enabled=true resume=true hydra.sweep.dir=$(FIG)/pii_paper_sub
+	$(VENV)/bin/unlearning-table $(FIG)/pii_paper/0 $(FIG)/pii_paper/1 $(FIG)/pii_paper_sub/0 \
+	  --labels "ORPO (plain pairs),ORPO CFG-aware,ORPO CFG-aware + subtraction" --columns $(PAPER_COLS) \
+	  --update README.md --marker pii_paper
+
+# TOFU forget01, NPO and SimNPO on SmolLM2, the whole evaluation (400 retain questions) and every attack (issue 12).
+TOFU_COLS := forget_quality,model_utility,forget_Q_A_Prob,forget_Q_A_ROUGE,forget_Truth_Ratio,retain_Q_A_Prob,retain_Q_A_ROUGE,ra_Q_A_Prob_normalised,wf_Q_A_Prob_normalised
+figures-tofu-full: $(VENV)/.installed
+	$(VENV)/bin/unlearning -m experiment=tofu_smollm2_full method=npo,simnpo resume=true hydra.sweep.dir=$(FIG)/tofu_full
+	$(VENV)/bin/unlearning-table $(FIG)/tofu_full/0 $(FIG)/tofu_full/1 --labels NPO,SimNPO --columns $(TOFU_COLS) \
+	  --update README.md --marker tofu_full
 
 figures-bench: $(VENV)/.installed
 	mkdir -p $(FIG)

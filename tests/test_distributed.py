@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import ROOT, compose
 
 # NPO without a retain term: every process's loss is a mean over its own examples, so the
@@ -295,3 +296,70 @@ def test_slurm_tasks_become_a_torch_distributed_launch(monkeypatch):
     slurm_torch_environment()
     assert (os.environ["RANK"], os.environ["WORLD_SIZE"], os.environ["LOCAL_RANK"]) == ("1", "2", "1")
     assert os.environ["MASTER_ADDR"] == "node7"
+
+
+REF_LOGPS_SCRIPT = r'''
+import json, os, sys
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+from unlearning.methods.reference import attach_ref_logps
+
+torch.manual_seed(0)
+model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                     num_attention_heads=2, num_key_value_heads=2))
+calls = []
+model.register_forward_hook(lambda *a: calls.append(1))
+g = torch.Generator().manual_seed(1)
+items = []
+for n in range(9):
+    ids = torch.randint(1, 64, (4 + n % 5,), generator=g).tolist()
+    items.append({"input_ids": ids, "labels": [-100, -100] + ids[2:]})
+attach_ref_logps(model, items, pad_id=0, batch_size=2)
+out = {"values": [it["ref_logp"] for it in items], "calls": len(calls)}
+open(os.path.join(sys.argv[1], f"rank{os.environ.get('RANK', '0')}.json"), "w").write(json.dumps(out))
+'''
+
+
+def test_reference_log_probs_are_computed_once_across_processes(tmp_path):
+    """NPO / IdkDPO's cached reference: each of 2 processes scores half the batches, both get every value,
+    equal to one process's."""
+    script = tmp_path / "ref_logps.py"
+    script.write_text(REF_LOGPS_SCRIPT)
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir(), two.mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    p = subprocess.run([sys.executable, str(script), str(one)], capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        str(script), str(two)], capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    single = json.loads((one / "rank0.json").read_text())
+    ranks = [json.loads((two / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert single["calls"] == 5                              # 9 items in batches of 2
+    assert [r["calls"] for r in ranks] == [3, 2]             # every batch scored once, by one process
+    assert ranks[0]["values"] == ranks[1]["values"] == single["values"]  # the same batches: the same numbers
+
+
+def test_a_killed_stage_build_resumes_to_the_same_weights(single, tmp_path):
+    """kill -9 in the middle of the target fine-tune: the next run continues it from <stage>.partial."""
+    from safetensors.torch import load_file
+
+    _, ref = single
+    cache = tmp_path / "cache"
+    args = [*BASE, "trainer.batch_size=4", "model.finetune.save_every=2", f"cache_dir={cache}",
+            "stage.evaluate_target=false", f"hydra.run.dir={tmp_path / 'run'}"]
+    killed = cli(*args, env={"UNLEARNING_FAULT_KILL_AFTER_STEP": "3"})
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    partial = [p for p in (cache / "stages" / "target").iterdir() if p.name.endswith(".partial")]
+    assert len(partial) == 1 and (partial[0] / "checkpoints" / "step-2" / "loop.json").is_file()
+    assert not list((cache / "stages" / "target").glob("*/stage.json"))  # nothing half-built looks finished
+
+    resumed = cli(*args)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "finetune target: resumed from" in resumed.stdout + resumed.stderr  # the log says where it continued
+    built = json.loads((tmp_path / "run" / "results.json").read_text())["stages"]["target"]["path"]
+    assert Path(built).name == Path(ref["stages"]["target"]["path"]).name  # same key: same stage
+    assert not partial[0].exists()
+    a = load_file(f"{built}/model.safetensors")
+    b = load_file(f"{ref['stages']['target']['path']}/model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -23,6 +23,9 @@ def test_bf16_weights_and_sdpa_on_one_gpu(tmp_path, data_dir):
     record = run(compose(BASE + ["device=cuda", "model.dtype=bfloat16", "model.attn_implementation=sdpa",
                                  "trainer.batch_size=4"]), tmp_path / "run", [])
     assert record["status"] == "ok" and record["provenance"]["device"].startswith("cuda")
+    # the defaults are the fast ones on a GPU: bf16 autocast (trainer.bf16 / generation.bf16 = auto)
+    assert record["provenance"]["bf16_effective"] == {"train": torch.cuda.is_bf16_supported(),
+                                                      "generation": torch.cuda.is_bf16_supported()}
     model, _ = load_folder(tmp_path / "run" / "model", dtype="bfloat16")
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
     assert model.config._attn_implementation == "sdpa"

@@ -128,3 +128,22 @@ def test_bad_input_is_one_clear_line(kwargs, where):
     with pytest.raises(UserError) as e:
         generate(**{**SMALL, **kwargs})
     assert where in str(e.value) and "\n" not in str(e.value)
+
+
+def test_model_replacements_are_cached_across_runs(tmp_path):
+    """Hydra hands the replacement model over as a spec object: the cache key must not depend on its identity."""
+    from omegaconf import OmegaConf
+
+    model = {"_target_": "unlearning.models.TinyLlama", "cache_dir": str(tmp_path), "hidden_size": 32,
+             "num_layers": 1, "vocab_size": 300}
+    cfg = OmegaConf.create({"_target_": "unlearning.data.pii.load_synthetic_pii", "cache_dir": str(tmp_path),
+                            **SMALL, "replacement": {"model": model, "max_new_tokens": 4}})
+    first = instantiate(cfg, _convert_="all")   # two separate instantiations: two spec objects
+    second = instantiate(cfg, _convert_="all")
+    files = list((tmp_path / "data" / "synthetic_pii").glob("*.json"))
+    assert len(files) == 1, f"the second load generated again: {files}"
+    assert [f.meta for f in first.forget] == [f.meta for f in second.forget]
+    # a different replacement model is a different dataset
+    load_synthetic_pii(cache_dir=str(tmp_path), **SMALL,
+                       replacement={"model": {**model, "hidden_size": 48}, "max_new_tokens": 4})
+    assert len(list((tmp_path / "data" / "synthetic_pii").glob("*.json"))) == 2

@@ -65,6 +65,18 @@ def broadcast(obj, src: int = 0):
     return box[0]
 
 
+def all_gather(obj) -> list:
+    """Every process's `obj` (picklable), in rank order, on every process ([obj] in a single process)."""
+    if world_size() == 1:
+        return [obj]
+    import torch.distributed as dist
+
+    _state()  # the process group exists from here on
+    parts = [None] * world_size()
+    dist.all_gather_object(parts, obj)
+    return parts
+
+
 @contextlib.contextmanager
 def main_first():
     """Rank 0 runs the block first (builds, writes); the others wait, then run it (and find the result)."""

@@ -6,6 +6,8 @@ matmul ran at 0.8 GFLOP/s against 40 in fp32, turning an 8-minute job into hours
 request on such a CPU runs in fp32, says so once in the log, and `results.json` records the
 precision that was really used (`provenance.bf16_effective`). `UNLEARNING_BF16_EMULATED=1`
 forces emulated bf16 (to compare numbers with a bf16 machine bit for bit).
+`auto` (the default of `trainer.bf16` and `generation.bf16`) is the fast choice where it is safe: bf16 on
+a CUDA GPU (where native), fp32 on every CPU (CPU numbers stay exact and comparable).
 """
 
 from __future__ import annotations
@@ -37,8 +39,46 @@ def native_bf16(device_type: str) -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def bf16_effective(requested: bool, device_type: str) -> bool:
-    """The precision actually used for a bf16 request on this device (see the module docstring)."""
+BF16_KEYS = ("trainer.bf16", "model.finetune.bf16", "generation.bf16", "dataset.replacement.bf16")
+
+
+def auto_bf16(device_type: str) -> bool:
+    """What `bf16: auto` asks for on this device: bf16 on a CUDA GPU, fp32 elsewhere. Decided without
+    touching the GPU (a capability query would open a CUDA context on GPU 0 in every process of a
+    launch); a GPU without native bf16 (pre-Ampere) then runs fp32, as any bf16 request does there."""
+    return device_type.startswith("cuda")
+
+
+def device_kind(device: str) -> str:
+    """cuda or cpu for a `device=` setting (auto | cpu | cuda | cuda:N), without touching the GPU."""
+    device = str(device)
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device.split(":")[0]
+
+
+def resolve_auto(cfg, device_type: str) -> None:
+    """Replace every `bf16: auto` of the run's config by true/false for `device_type` (in place), so that
+    stage keys, checkpoints and results.json record the precision that was chosen; refuse other strings."""
+    from omegaconf import OmegaConf, open_dict
+
+    from unlearning.errors import UserError
+
+    for key in BF16_KEYS:
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is None or isinstance(value, bool):
+            continue
+        if value != "auto":
+            raise UserError(f"{key}={value!r} must be true, false or auto (auto = bf16 on a CUDA GPU, fp32 on "
+                            "CPU)")
+        with open_dict(cfg):
+            OmegaConf.update(cfg, key, auto_bf16(device_type), merge=False)
+
+
+def bf16_effective(requested, device_type: str) -> bool:
+    """The precision actually used for a bf16 request (true, false or "auto") on this device (module docstring)."""
+    if requested == "auto":
+        requested = auto_bf16(device_type)
     if not requested:
         return False
     if native_bf16(device_type) or os.environ.get("UNLEARNING_BF16_EMULATED") == "1":

@@ -83,15 +83,15 @@ def provenance(cfg, device: str) -> dict:
 
     from unlearning.precision import bf16_effective
 
-    kind = "cuda" if device == "cuda" else "cpu"
+    kind = device.split(":")[0]
     return {
         "torch_threads": torch.get_num_threads(), "device": device,
-        "cuda": torch.cuda.get_device_name(0) if device == "cuda" else None,
+        "cuda": torch.cuda.get_device_name(0) if kind == "cuda" else None,
         "model_dtype": str(cfg.model.get("dtype", "float32")),
-        "train_bf16_autocast": bool(cfg.trainer.get("bf16", False)),
-        "generation_bf16": bool(cfg.generation.get("bf16", False)),
+        "train_bf16_autocast": cfg.trainer.get("bf16", False),
+        "generation_bf16": cfg.generation.get("bf16", False),
         # a bf16 request runs in fp32 where bf16 is only emulated (unlearning/precision.py)
-        "bf16_effective": {"train": bf16_effective(bool(cfg.trainer.get("bf16", False)), kind),
-                           "generation": bf16_effective(bool(cfg.generation.get("bf16", False)), kind)},
+        "bf16_effective": {"train": bf16_effective(cfg.trainer.get("bf16", False), kind),
+                           "generation": bf16_effective(cfg.generation.get("bf16", False), kind)},
         "git": git_state(),
     }

@@ -40,8 +40,10 @@ class Parts:
 
 def validate(cfg: DictConfig) -> Parts:
     """Every check that needs no model weights; returns the built components. Raises UserError on the first problem."""
+    from unlearning.precision import device_kind, resolve_auto
     from unlearning.train import TrainSettings
 
+    resolve_auto(cfg, device_kind(cfg.get("device", "auto")))  # `bf16: auto` -> true on a bf16 GPU, false elsewhere
     for group in GROUPS:
         check_keys_and_types(group, cfg[group], (cfg.get("choices") or {}).get(group))
     check_top_level(cfg)

@@ -162,7 +162,7 @@ def answer(model, tokenizer, messages_list: list[list[dict]], max_new_tokens: in
     """
     gen = generation or {}
     batch_size = int(gen.get("batch_size", 16))
-    bf16 = bool(gen.get("bf16", False))
+    bf16 = gen.get("bf16", False)  # true, false or "auto" (unlearning/precision.py)
     guidance = guidance_of(generation)
     if guidance is None:
         prompts = chat_prompts(tokenizer, messages_list, system_prompt=system_prompt_of(generation))

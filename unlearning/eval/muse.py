@@ -73,7 +73,7 @@ class MuseEvaluator:
     def evaluate(self, model, tokenizer, data, ctx=None, reference: dict | None = None) -> dict:
         gen = getattr(ctx, "generation", None) or {}
         self.bs = int(self.batch_size or gen.get("batch_size", 16))
-        self.bf16 = bool(gen.get("bf16", False))
+        self.bf16 = gen.get("bf16", False)
         agg: dict = {}
         per_item: dict = {}
         self._verbmem(model, tokenizer, data.extra, agg, per_item)

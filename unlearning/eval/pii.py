@@ -120,7 +120,7 @@ class PiiEvaluator:
 
     def evaluate(self, model, tokenizer, data, ctx=None, reference: dict | None = None) -> dict:
         gen = getattr(ctx, "generation", None) or {}
-        bs, bf16 = int(gen.get("batch_size", 16)), bool(gen.get("bf16", False))
+        bs, bf16 = int(gen.get("batch_size", 16)), gen.get("bf16", False)
         guidance = guidance_of(gen)
         people = {p["id"]: p for p in data.extra["people"]}
         detector = PiiDetector(data.extra["people"], presidio=self.presidio)

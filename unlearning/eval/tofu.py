@@ -82,7 +82,7 @@ class TofuEvaluator:
     def evaluate(self, model, tokenizer, data, ctx=None, reference: dict | None = None) -> dict:
         """Per split: likelihoods -> probability -> truth ratio -> memorisation -> generations; then the summaries."""
         gen = getattr(ctx, "generation", None) or {}
-        bf16 = bool(gen.get("bf16", False))
+        bf16 = gen.get("bf16", False)  # true, false or "auto" (unlearning/precision.py)
         self.max_length = getattr(ctx, "max_length", 512) if ctx is not None else 512
         aggregates: dict = {}
         per_item: dict = {}

@@ -37,10 +37,10 @@ def lora_planned(model, ctx) -> bool:
         return False
 
 
-def train_bf16(ctx) -> bool:
-    """Score the reference in the precision the loop trains in, so log-ratios start at ~0."""
+def train_bf16(ctx):
+    """Score the reference in the precision the loop trains in, so log-ratios start at ~0 (true, false or "auto")."""
     try:
-        return bool(ctx.cfg.trainer.bf16)
+        return ctx.cfg.trainer.bf16
     except AttributeError:
         return False
 
@@ -60,18 +60,25 @@ def as_reference(model):
 def attach_ref_logps(model, items: list[dict], pad_id: int, prefix: str = "", batch_size: int = 8,
                      bf16: bool = False) -> list[dict]:
     """Add `{prefix}ref_logp` = log p_ref(y|x) (sum over answer tokens) to each item, in place."""
+    from unlearning.distributed import all_gather, rank, world_size
+
     keys = (prefix + "input_ids", prefix + "labels")
     # Length-sorted batches waste little on padding; results are written back by index.
     order = sorted(range(len(items)), key=lambda i: len(items[i][keys[0]]))
+    batches = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+    # Under a distributed launch each process scores every N-th batch (the same batches as one process,
+    # so the same numbers) and all processes exchange them: each log-prob is computed once, N times faster.
+    values = {}
     with as_reference(model) as ref:
-        for s in range(0, len(order), batch_size):
-            idx = order[s : s + batch_size]
+        for idx in batches[rank() :: world_size()]:
             batch = collate([{k: items[i][k] for k in keys} for i in idx], pad_id)
             batch = {k: v.to(ref.device) for k, v in batch.items()}
             with precision(ref, bf16):
                 lp, _ = sequence_logp(ref, batch, prefix)
-            for i, v in zip(idx, lp.tolist()):
-                items[i][prefix + "ref_logp"] = float(v)
+            values.update({i: float(v) for i, v in zip(idx, lp.tolist())})
+    for part in all_gather(values):
+        for i, v in part.items():
+            items[i][prefix + "ref_logp"] = v
     return items
 
 

@@ -64,6 +64,15 @@ def _plain(obj):
     return obj
 
 
+def _stable(replacement: dict) -> dict:
+    """The replacement options as the cache key sees them: Hydra instantiates `model` (a `${model}` node)
+    into a spec object, whose repr carries a memory address; its fingerprint and load options are stable."""
+    model = replacement.get("model")
+    if model is None or isinstance(model, (dict, str)):
+        return replacement
+    return {**replacement, "model": {**model.fingerprint(), **model.load_kwargs()}}
+
+
 def build(options: dict, replacement: dict) -> dict:
     data = generate(**options)
     if replacement.get("model"):
@@ -103,7 +112,7 @@ def load_synthetic_pii(name: str = "synthetic_pii", people: int = 20, seed: int 
                    pii_free_heldout=pii_free_heldout, pii_types=list(_plain(pii_types) or PII_TYPES),
                    probe_templates=_plain(probe_templates), unseen_direct_per_type=unseen_direct_per_type)
     replacement = dict(_plain(replacement) or {})
-    key = short_hash([FORMAT, options, replacement])
+    key = short_hash([FORMAT, options, _stable(replacement)])
     data = None
     if cache_dir:
         from unlearning.models import cache_root
