@@ -94,9 +94,10 @@ def test_kill_9_then_resume_ends_with_the_uninterrupted_numbers(single, tmp_path
     assert not (run_dir / "checkpoints").exists()  # a finished run keeps no checkpoint
 
 
-def test_two_processes_killed_then_resumed_equal_two_uninterrupted(tmp_path, data_dir):
+def test_two_processes_killed_then_resumed_equal_two_uninterrupted(single, tmp_path):
     """GradDiff: two forward passes per step through DDP, and per-rank retain draws replayed on resume."""
-    args = [*BASE, "method=graddiff", "trainer.batch_size=2", "trainer.save_every=1"]
+    stages = [f"stage.{k}_path={v['path']}" for k, v in single[1]["stages"].items()]  # no 2-process stage builds
+    args = [*BASE, *stages, "method=graddiff", "trainer.batch_size=2", "trainer.save_every=1"]
     whole, cut = tmp_path / "whole", tmp_path / "cut"
     assert cli(*args, f"hydra.run.dir={whole}", launcher=torchrun(2)).returncode == 0
     killed = cli(*args, f"hydra.run.dir={cut}", env={"UNLEARNING_FAULT_KILL_AFTER_STEP": "2"}, launcher=torchrun(2))
@@ -347,7 +348,8 @@ def test_a_killed_stage_build_resumes_to_the_same_weights(single, tmp_path):
     _, ref = single
     cache = tmp_path / "cache"
     args = [*BASE, "trainer.batch_size=4", "model.finetune.save_every=2", f"cache_dir={cache}",
-            "stage.evaluate_target=false", f"hydra.run.dir={tmp_path / 'run'}"]
+            "stage.evaluate_target=false", "evaluator.generate=false", f"hydra.run.dir={tmp_path / 'run'}",
+            f"stage.reference_path={ref['stages']['reference']['path']}"]  # only the target is built here
     killed = cli(*args, env={"UNLEARNING_FAULT_KILL_AFTER_STEP": "3"})
     assert killed.returncode == -9, killed.stderr[-2000:]
     partial = [p for p in (cache / "stages" / "target").iterdir() if p.name.endswith(".partial")]

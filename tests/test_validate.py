@@ -117,19 +117,24 @@ def test_output_folder_that_cannot_be_created(tmp_path, data_dir):
     _one_line_error(proc, tmp_path / "cache", "cannot create the output folder", "hydra.run.dir")
 
 
-def test_a_truncated_weights_file_is_one_line(tmp_path, data_dir, run_tiny):
-    import shutil
+def test_a_truncated_weights_file_is_one_line_before_any_work(tmp_path, data_dir):
+    from transformers import LlamaConfig, LlamaForCausalLM
 
-    rec = run_tiny("save_model=false", "stage.evaluate_target=false", out=tmp_path / "ok")
     broken = tmp_path / "broken_target"
-    shutil.copytree(rec["stages"]["target"]["path"], broken)
+    LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                 num_attention_heads=2)).save_pretrained(broken)
     weights = broken / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])  # cut mid-header, as an interrupted copy leaves it
-    proc = _cli("model=tiny", "dataset.retain_authors=2", "evaluator.max_items=2", f"stage.target_path={broken}",
-                f"hydra.run.dir={tmp_path / 'run'}", cache=tmp_path / "cache2")
+    proc = _cli("model=tiny", "dataset.retain_authors=2", f"stage.target_path={broken}",
+                f"hydra.run.dir={tmp_path / 'run'}", cache=tmp_path / "cache")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-1500:]
     err = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(err) == 1 and "cannot load the model" in err[0] and str(broken) in err[0]
+    assert len(err) == 1 and f"stage.target_path={broken}" in err[0], proc.stderr[-1500:]
+    assert "model.safetensors" in err[0] and "truncated" in err[0]
+    assert not (tmp_path / "cache" / "stages").exists()  # caught by validation: no stage was fine-tuned first
+    with pytest.raises(UserError, match=r"stage.reference_path=.* no HF model folder there"):
+        validate(compose([f"stage.reference_path={tmp_path}"]))
+    validate(compose(["stage.target_path=locuslab/tofu_ft_llama2-7b"]))  # a hub id is left to load time
 
 
 def test_malformed_data_file_names_file_and_line(tmp_path):

@@ -61,6 +61,7 @@ def validate(cfg: DictConfig) -> Parts:
     check_generation(cfg)
     check_objective(cfg, evaluator, data)
     check_subtraction(cfg)
+    check_stage_paths(cfg)
     check_precision(cfg)
     for attack in attacks.values():
         if hasattr(attack, "check"):
@@ -293,6 +294,36 @@ def check_subtraction(cfg: DictConfig) -> None:
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale:
             raise UserError(f"subtraction.scale={scale!r} must be a number > 0 (the paper uses 0.5; 1.0 breaks the "
                             "model)")
+
+
+def check_stage_paths(cfg: DictConfig) -> None:
+    """Given model folders (stage.target_path / reference_path, subtraction.base_path) are HF folders whose
+    safetensors headers parse: a truncated copy is one line now, not after a stage fine-tune."""
+    import re
+    from pathlib import Path
+
+    from safetensors import SafetensorError, safe_open
+
+    keys = ["stage.target_path", "stage.reference_path"]
+    if OmegaConf.select(cfg, "subtraction.enabled"):
+        keys.append("subtraction.base_path")
+    for key in keys:
+        value = OmegaConf.select(cfg, key)
+        if not value:
+            continue
+        folder = Path(str(value)).expanduser()
+        if not folder.exists() and re.fullmatch(r"[\w.-]+/[\w.-]+", str(value)) and not str(value).startswith("."):
+            continue  # a hub id (OpenUnlearning's TOFU targets live on the hub): loaded, and worded, by load_folder
+        if not folder.is_dir() or not (folder / "config.json").is_file():
+            raise UserError(f"{key}={value}: no HF model folder there (a folder with config.json and weights); "
+                            "check the path, or drop the key to build the stage")
+        for weights in sorted(folder.glob("*.safetensors")):
+            try:
+                with safe_open(str(weights), "pt"):  # reads the header only
+                    pass
+            except (SafetensorError, OSError) as e:
+                raise UserError(f"{key}={value}: cannot read {weights.name}: {str(e).strip().splitlines()[0]} "
+                                "(a truncated or corrupt weights file? copy or rebuild it)") from None
 
 
 def check_precision(cfg: DictConfig) -> None:
