@@ -130,20 +130,26 @@ def test_bad_input_is_one_clear_line(kwargs, where):
     assert where in str(e.value) and "\n" not in str(e.value)
 
 
-def test_model_replacements_are_cached_across_runs(tmp_path):
-    """Hydra hands the replacement model over as a spec object: the cache key must not depend on its identity."""
+def test_model_replacements_wait_for_the_run_and_are_cached_across_runs(tmp_path):
+    """Building the dataset (what validation does) generates nothing; the run's `completed()` does, once.
+    Hydra hands the replacement model over as a spec object: the cache key must not depend on its identity."""
     from omegaconf import OmegaConf
 
     model = {"_target_": "unlearning.models.TinyLlama", "cache_dir": str(tmp_path), "hidden_size": 32,
              "num_layers": 1, "vocab_size": 300}
     cfg = OmegaConf.create({"_target_": "unlearning.data.pii.load_synthetic_pii", "cache_dir": str(tmp_path),
                             **SMALL, "replacement": {"model": model, "max_new_tokens": 4}})
-    first = instantiate(cfg, _convert_="all")   # two separate instantiations: two spec objects
-    second = instantiate(cfg, _convert_="all")
-    files = list((tmp_path / "data" / "synthetic_pii").glob("*.json"))
-    assert len(files) == 1, f"the second load generated again: {files}"
+    cached = tmp_path / "data" / "synthetic_pii"
+    validated = instantiate(cfg, _convert_="all")
+    assert validated.complete is not None and not cached.exists()  # no model loaded, nothing generated
+    assert all(ex.meta["chosen"] for ex in validated.forget)      # template replacements meanwhile
+    first = validated.completed()
+    assert first.complete is None and len(list(cached.glob("*.json"))) == 1
+    assert [ex.meta["rejected"] for ex in first.forget] == [ex.meta["rejected"] for ex in validated.forget]
+    second = instantiate(cfg, _convert_="all")  # another spec object: the same key, read from the cache
+    assert second.complete is None and len(list(cached.glob("*.json"))) == 1
     assert [f.meta for f in first.forget] == [f.meta for f in second.forget]
     # a different replacement model is a different dataset
     load_synthetic_pii(cache_dir=str(tmp_path), **SMALL,
-                       replacement={"model": {**model, "hidden_size": 48}, "max_new_tokens": 4})
-    assert len(list((tmp_path / "data" / "synthetic_pii").glob("*.json"))) == 2
+                       replacement={"model": {**model, "hidden_size": 48}, "max_new_tokens": 4}).completed()
+    assert len(list(cached.glob("*.json"))) == 2

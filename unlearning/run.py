@@ -14,7 +14,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from unlearning.data.base import encode
-from unlearning.distributed import MainOnly, broadcast, is_main, wait, world_size
+from unlearning.distributed import MainOnly, broadcast, is_main, main_first, wait, world_size
 from unlearning.errors import Diverged, UserError
 from unlearning.hashing import short_hash
 from unlearning.models import cache_root, load_folder
@@ -113,6 +113,8 @@ def run(cfg: DictConfig, out_dir: str | Path, overrides: list[str] | None = None
     ctx.logger = start_logger(cfg, out_dir, parts)
     baselines, stages = {}, {}
     try:
+        with main_first():                                         # deferred data work (model-written replacements)
+            parts.data = parts.data.completed()                    # rank 0 first: the others read its cache
         parts.data = for_tokenizer(cfg, ctx, parts)                # raw-text corpora chunk once a tokenizer exists
         target, reference, stages = build_stages(cfg, ctx, parts)  # fine-tuned target, retain reference (cached)
         baselines, ref_result = evaluate_baselines(cfg, ctx, parts, target, reference)

@@ -113,6 +113,13 @@ class UnlearningData:
     # Optional: (data, tokenizer, max_length) -> data, for datasets that can only cut their examples once a
     # tokenizer exists (MUSE chunks articles into max_length-token pieces). The run applies it via for_tokenizer.
     chunker: Callable | None = None
+    # Optional: () -> data, work deferred past validation (model-written PII replacements: minutes of
+    # generation). The run applies it via completed(), after every check has passed.
+    complete: Callable | None = None
+
+    def completed(self) -> "UnlearningData":
+        """This data with its deferred work done (itself when there is none)."""
+        return self if self.complete is None else self.complete()
 
     def for_tokenizer(self, tokenizer, max_length: int) -> "UnlearningData":
         """This data as the run should train on it with `tokenizer` (itself unless a chunker is set)."""

@@ -103,8 +103,14 @@ def load_synthetic_pii(name: str = "synthetic_pii", people: int = 20, seed: int 
                        dialogues_per_person: int = 3, heldout_per_person: int = 2, lookups: bool = True,
                        pii_free_train: int = 40, pii_free_heldout: int = 20, pii_types=None,
                        probe_templates=None, unseen_direct_per_type: int = 1, replacement=None,
-                       cache_dir: str | None = None, data_dir=None, path=None) -> UnlearningData:
-    """`data_dir`/`path` are accepted for the shared dataset interface; nothing is read from disk."""
+                       cache_dir: str | None = None, data_dir=None, path=None, _now: bool = False) -> UnlearningData:
+    """`data_dir`/`path` are accepted for the shared dataset interface; nothing is read from disk.
+
+    Model-written replacements (minutes of generation) are not made while the run is validated: the data
+    comes back with template replacements and `complete` set, and the run completes it (`completed()`)
+    after validation, so bad input elsewhere in the config is reported before any generation.
+    """
+    args = {k: v for k, v in locals().items() if k != "_now"}
     from .people import PII_TYPES
 
     options = dict(people=people, seed=seed, locale=locale, dialogues_per_person=dialogues_per_person,
@@ -121,6 +127,10 @@ def load_synthetic_pii(name: str = "synthetic_pii", people: int = 20, seed: int 
         if path_.exists():
             data = json.loads(path_.read_text(encoding="utf-8"))
             log.info("synthetic_pii: reusing %s", path_)
+    if data is None and replacement.get("model") and not _now:
+        deferred = to_unlearning_data(build(options, {}), name)  # the same examples, template replacements
+        deferred.complete = lambda: load_synthetic_pii(**args, _now=True)
+        return deferred
     if data is None:
         data = build(options, replacement)
         if cache_dir:
