@@ -86,7 +86,7 @@ def provenance(cfg, device: str) -> dict:
     kind = device.split(":")[0]
     return {
         "torch_threads": torch.get_num_threads(), "device": device,
-        "cuda": torch.cuda.get_device_name(0) if kind == "cuda" else None,
+        "cuda": torch.cuda.get_device_name(torch.device(device)) if kind == "cuda" else None,  # cuda:N: this rank's GPU
         "model_dtype": str(cfg.model.get("dtype", "float32")),
         "train_bf16_autocast": cfg.trainer.get("bf16", False),
         "generation_bf16": cfg.generation.get("bf16", False),
