@@ -22,7 +22,7 @@ from conftest import ROOT, compose
 # gradient DDP averages equals the single-process gradient of the same global batch.
 BASE = ["model=tiny", "dataset=tofu", "dataset.retain_authors=2", "evaluator.max_items=6",
         "evaluator.max_new_tokens=16", "model.finetune.epochs=2", "trainer.max_steps=3", "trainer.lr=1e-3",
-        "method=npo", "method.retain_weight=0"]
+        "method=npo", "method.retain_weight=0", "attack=[quant8,paraphrase]"]
 
 
 def cli(*args: str, env: dict | None = None, launcher: list[str] | None = None, timeout: int = 300):
@@ -67,6 +67,8 @@ def test_two_processes_equal_one_with_the_same_global_batch(single, tmp_path):
     assert record["training"] == {"strategy": "ddp", "processes": 2, "per_device_batch": 2, "grad_accum": 1,
                                   "global_batch": 4}
     assert losses(job) == pytest.approx(losses(ref_dir), abs=1e-5)
+    # evaluation split between the processes, attacks included: one process's numbers
+    assert {"forget_Q_A_Prob@quant8", "forget_Q_A_Prob@paraphrase"} <= set(numbers(record))
     assert numbers(record) == pytest.approx(numbers(ref), abs=1e-5)
     # rank 0 wrote everything once: one record, one model, one summary row, no second run folder
     assert (job / "model" / "config.json").is_file()
@@ -148,7 +150,7 @@ def _validate(overrides, monkeypatch, world: int = 1):
     from unlearning.validate import validate
 
     monkeypatch.setenv("WORLD_SIZE", str(world))
-    return validate(compose(BASE + overrides))
+    return validate(compose([a for a in BASE if not a.startswith("attack=")] + overrides))  # attacks: ddp only
 
 
 @pytest.mark.parametrize("choice", ["ddp", "fsdp", "deepspeed_zero3"])
@@ -339,6 +341,59 @@ def test_reference_log_probs_are_computed_once_across_processes(tmp_path):
     assert single["calls"] == 5                              # 9 items in batches of 2
     assert [r["calls"] for r in ranks] == [3, 2]             # every batch scored once, by one process
     assert ranks[0]["values"] == ranks[1]["values"] == single["values"]  # the same batches: the same numbers
+
+
+EVAL_SCRIPT = r"""
+import json, os, sys
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from unlearning.data.base import chat, encode
+from unlearning.eval import engine
+
+model = AutoModelForCausalLM.from_pretrained(sys.argv[1])
+tok = AutoTokenizer.from_pretrained(sys.argv[1])
+rows = []  # rows of each prefill (a forward pass over a whole prompt): which process decoded or scored what
+model.register_forward_pre_hook(lambda m, a, kw: rows.append(kw["input_ids"].shape[0])
+                                if kw["input_ids"].shape[1] > 1 else None, with_kwargs=True)
+questions = [f"Who wrote book number {n} of the {'old ' * (n % 4)}series?" for n in range(7)]
+items = [encode(tok, chat(q, "An author wrote it " + "long ago " * (n % 3)), 64) for n, q in enumerate(questions)]
+scores = engine.score(model, items, tok.pad_token_id, batch_size=2, stats=True)
+chats = [[{"role": "user", "content": q}] for q in questions]
+plain = engine.answer(model, tok, chats, 6, {"batch_size": 2})
+guided = engine.answer(model, tok, chats, 6, {"batch_size": 2, "guidance": {"scale": 2.0, "mode": "prob"}})
+out = {"logp": [s.logp.tolist() for s in scores], "mu": [s.mu.tolist() for s in scores],
+       "hit": [s.hit.tolist() for s in scores], "plain": plain, "guided": guided, "rows": rows}
+open(os.path.join(sys.argv[2], f"rank{os.environ.get('RANK', '0')}.json"), "w").write(json.dumps(out))
+"""
+
+
+def test_evaluation_is_split_between_processes_with_the_same_numbers(tmp_path):
+    """Every scoring and decoding batch runs in exactly one of 2 processes; both end with one process's numbers."""
+    from unlearning.models import TinyLlama
+
+    corpus = [f"Who wrote book number {n}? An author wrote it long ago in the old series." for n in range(50)]
+    model, tok = TinyLlama(cache_dir=str(tmp_path / "cache"), hidden_size=32, num_layers=1, num_heads=2,
+                           intermediate_size=64, vocab_size=300).load(corpus)
+    model.save_pretrained(tmp_path / "model")
+    tok.save_pretrained(tmp_path / "model")
+    script = tmp_path / "eval_split.py"
+    script.write_text(EVAL_SCRIPT)
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir(), two.mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = [str(script), str(tmp_path / "model")]
+    p = subprocess.run([sys.executable, *args, str(one)], capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        *args, str(two)], capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
+    assert p.returncode == 0, p.stderr[-2000:]
+    single = json.loads((one / "rank0.json").read_text())
+    ranks = [json.loads((two / f"rank{r}.json").read_text()) for r in (0, 1)]
+    # 7 items in batches of 2: 4 batches for scoring, for plain and for guided decoding (2 rows each, CFG)
+    assert single["rows"] == [2, 2, 2, 1] + [2, 2, 2, 1] + [4, 4, 4, 2]
+    assert sorted(ranks[0]["rows"] + ranks[1]["rows"]) == sorted(single["rows"])
+    assert ranks[0]["rows"] == [2, 2] * 2 + [4, 4] and ranks[1]["rows"] == [2, 1] * 2 + [4, 2]
+    for key in ("logp", "mu", "hit", "plain", "guided"):
+        assert ranks[0][key] == ranks[1][key] == single[key], key  # the same batches: the same numbers
 
 
 def test_a_killed_stage_build_resumes_to_the_same_weights(single, tmp_path):

@@ -4,7 +4,8 @@ accelerate does all of the distribution (the process group from the launcher's e
 DDP / FSDP / DeepSpeed wrapping, gradient sync, gathering, state save/load); this module only
 turns `conf/distributed/*.yaml` into accelerate's own plugins, refuses configs that cannot
 work before any weights load, and names the few rules the rest of the code follows:
-every process trains (a collective), only rank 0 writes and evaluates, the others wait.
+every process trains (a collective), evaluation is split between the processes that hold the
+whole model (`eval_share`), and only rank 0 writes.
 Written by hand: `ModelView` (DDP, unlike FSDP and DeepSpeed, does not forward attribute
 access to the wrapped model, and methods read `model.device`, `disable_adapter`, layers).
 """
@@ -12,6 +13,7 @@ access to the wrapped model, and methods read `model.device`, `disable_adapter`,
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import datetime
 import importlib.util
 import os
@@ -77,6 +79,25 @@ def all_gather(obj) -> list:
     return parts
 
 
+# Set while one process evaluates alone (`on_main`): the evaluation engine must not wait for the others then.
+_ALONE = contextvars.ContextVar("unlearning_eval_alone", default=False)
+
+
+def eval_share() -> tuple[int, int]:
+    """(this process's index, processes) among those sharing the evaluation work; (0, 1) when it runs alone."""
+    return (0, 1) if _ALONE.get() else (rank(), world_size())
+
+
+@contextlib.contextmanager
+def alone():
+    """Evaluation inside this block runs in this process only (no collectives)."""
+    token = _ALONE.set(True)
+    try:
+        yield
+    finally:
+        _ALONE.reset(token)
+
+
 @contextlib.contextmanager
 def main_first():
     """Rank 0 runs the block first (builds, writes); the others wait, then run it (and find the result)."""
@@ -91,7 +112,11 @@ def on_main(fn, *args, **kwargs):
     """Run `fn` on rank 0 only; every rank returns rank 0's result (evaluation: the others wait)."""
     if world_size() == 1:
         return fn(*args, **kwargs)
-    return broadcast(fn(*args, **kwargs) if is_main() else None)
+    if not is_main():
+        return broadcast(None)
+    with alone():
+        result = fn(*args, **kwargs)
+    return broadcast(result)
 
 
 class ModelView:
@@ -108,7 +133,9 @@ class ModelView:
 
 
 class MainOnly:
-    """An evaluator whose `evaluate` runs on rank 0 alone; every rank gets rank 0's result (the others wait)."""
+    """An evaluator whose `evaluate` runs on rank 0 alone; every rank gets rank 0's result (the others wait).
+
+    For FSDP / ZeRO-3, where only rank 0 holds the whole unlearned model after training."""
 
     def __init__(self, inner):
         self.__dict__["_inner"] = inner

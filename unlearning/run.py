@@ -66,9 +66,11 @@ def cached_eval(ctx: RunContext, evaluator, model_path: Path, data, reference: d
     if broadcast(path.exists()):
         log.info("%s: reusing cached evaluation %s", what, path)
         return json.loads(path.read_text())
-    model, tok = load_folder(model_path, **ctx.load_kwargs) if is_main() else (None, None)
+    # every process evaluates its share (or, under FSDP / ZeRO-3, rank 0 alone: MainOnly); all get the result
+    alone = isinstance(evaluator, MainOnly)
+    model, tok = load_folder(model_path, **ctx.load_kwargs) if is_main() or not alone else (None, None)
     result = evaluator.evaluate(model.to(ctx.device) if model is not None else None, tok, data, ctx,
-                                reference=reference)  # rank 0 evaluates (MainOnly), every rank gets the result
+                                reference=reference)
     if is_main():
         write_json(path, result)
     return result
@@ -97,7 +99,8 @@ def run(cfg: DictConfig, out_dir: str | Path, overrides: list[str] | None = None
     """The whole run as a recipe of named steps; each step is a short function below.
 
     Under a multi-process launch every process walks the same steps: training is a collective,
-    evaluation runs on rank 0 (the others wait for its result), and only rank 0 writes.
+    evaluation is split between the processes (under FSDP / ZeRO-3 rank 0 evaluates while the
+    others wait, as only it holds the whole trained model), and only rank 0 writes.
     """
     t_start = time.perf_counter()
     parts = validate(cfg)                                          # every component built and checked: no weights yet
@@ -107,7 +110,7 @@ def run(cfg: DictConfig, out_dir: str | Path, overrides: list[str] | None = None
     ctx = RunContext(cfg=cfg, out_dir=out_dir, cache_dir=str(cfg.cache_dir), device=pick_device(cfg.device),
                      max_length=int(cfg.max_length), generation=cfg.generation, data_dir=cfg.get("data_dir"),
                      load_kwargs=parts.spec.load_kwargs(), resume_from=resume_point(cfg, out_dir, multirun))
-    if world_size() > 1:
+    if world_size() > 1 and parts.distributed.sharded:  # only rank 0 gets the gathered weights (train.finish)
         parts.evaluator = MainOnly(parts.evaluator)
     ctx.provenance = provenance(cfg, ctx.device)  # taken now: the code that runs, not the tree at the end
     ctx.logger = start_logger(cfg, out_dir, parts)

@@ -5,6 +5,11 @@ pass per (split, answer variant) feeds every metric that needs it, and guided
 decoding (classifier-free guidance, `generation.guidance`) works for all of them.
 Written by hand: length-sorted batching and per-token statistics (argmax hits and
 the mean/variance of log p under the model's own distribution, for Min-K%++).
+
+Under a multi-process launch where every process holds the whole model (one GPU each, DDP),
+each process runs every N-th of the length-sorted batches and the results are exchanged
+(`distributed.all_gather`): N processes evaluate N times as fast, and since each batch is the
+one a single process would run (same rows, same padding), the numbers are the same.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import numpy as np
 import torch
 
 from unlearning.data.base import IGNORE, collate, prompt_ids
+from unlearning.distributed import all_gather, eval_share
 from unlearning.generation import greedy_config, guidance_of, system_prompt_of
 from unlearning.precision import precision
 
@@ -38,6 +44,22 @@ def _batches(order: list[int], size: int):
         yield order[i : i + size]
 
 
+def _my_batches(order: list[int], size: int) -> tuple[list[list[int]], bool]:
+    """This process's share of the batches (every N-th), and whether it shows the progress bar (the first does)."""
+    r, n = eval_share()
+    return list(_batches(order, size))[r::n], r == 0
+
+
+def _everyone(mine: dict, count: int) -> list:
+    """The per-item results of every process's batches, in item order (indices 0..count-1)."""
+    if eval_share()[1] == 1:
+        return [mine[i] for i in range(count)]
+    merged = {}
+    for part in all_gather(mine):
+        merged.update(part)
+    return [merged[i] for i in range(count)]
+
+
 @torch.no_grad()
 def score(model, items: list[dict], pad_id: int, batch_size: int = 16, stats: bool = False,
           bf16: bool = False, desc: str | None = None) -> list[TokenScores]:
@@ -46,9 +68,9 @@ def score(model, items: list[dict], pad_id: int, batch_size: int = 16, stats: bo
 
     model.eval()
     order = sorted(range(len(items)), key=lambda i: len(items[i]["input_ids"]))
-    out: list[TokenScores | None] = [None] * len(items)
-    batches = list(_batches(order, batch_size))
-    for idx in tqdm(batches, desc=desc, disable=desc is None, leave=False):
+    out: dict[int, TokenScores] = {}
+    batches, shows = _my_batches(order, batch_size)
+    for idx in tqdm(batches, desc=desc, disable=desc is None or not shows, leave=False):
         batch = collate([{"input_ids": items[i]["input_ids"], "labels": items[i]["labels"]} for i in idx], pad_id)
         batch = {k: v.to(model.device) for k, v in batch.items()}
         with precision(model, bf16):
@@ -67,7 +89,7 @@ def score(model, items: list[dict], pad_id: int, batch_size: int = 16, stats: bo
                 var=var[start:end].double().cpu().numpy() if stats else None,
             )
             start = end
-    return out  # type: ignore[return-value]
+    return _everyone(out, len(items))
 
 
 def label_stats(logits: torch.Tensor, labels: torch.Tensor, stats: bool = False, chunk: int = 1024):
@@ -127,9 +149,10 @@ def greedy(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, batc
     eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    texts: list[str | None] = [None] * len(prompts)
+    texts: dict[int, str] = {}
     guided = guidance is not None and guidance.active and negative_prompts is not None
-    for idx in tqdm(list(_batches(order, batch_size)), desc=desc, disable=desc is None, leave=False):
+    batches, shows = _my_batches(order, batch_size)
+    for idx in tqdm(batches, desc=desc, disable=desc is None or not shows, leave=False):
         if guided:
             from unlearning.eval.guided import guided_greedy  # imports this module's neighbours only
 
@@ -150,7 +173,7 @@ def greedy(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, batc
             if eos in toks:
                 toks = toks[: toks.index(eos)]
             texts[i] = cut(tokenizer.decode(toks, skip_special_tokens=True), stop_strings)
-    return texts  # type: ignore[return-value]
+    return _everyone(texts, len(prompts))
 
 
 def answer(model, tokenizer, messages_list: list[list[dict]], max_new_tokens: int, generation=None,
