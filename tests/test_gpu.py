@@ -14,13 +14,14 @@ from conftest import compose
 from test_distributed import BASE, cli, losses, numbers, torchrun
 
 pytestmark = pytest.mark.gpu
+CORE = [a for a in BASE if not a.startswith("attack=")]  # attacks are refused under FSDP / ZeRO-3
 
 
 def test_bf16_weights_and_sdpa_on_one_gpu(tmp_path, data_dir):
     from unlearning.models import load_folder
     from unlearning.run import run
 
-    record = run(compose(BASE + ["device=cuda", "model.dtype=bfloat16", "model.attn_implementation=sdpa",
+    record = run(compose(CORE + ["device=cuda", "model.dtype=bfloat16", "model.attn_implementation=sdpa",
                                  "trainer.batch_size=4"]), tmp_path / "run", [])
     assert record["status"] == "ok" and record["provenance"]["device"].startswith("cuda")
     # the defaults are the fast ones on a GPU: bf16 autocast (trainer.bf16 / generation.bf16 = auto)
@@ -35,11 +36,25 @@ def test_bf16_weights_and_sdpa_on_one_gpu(tmp_path, data_dir):
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_two_gpus_equal_one(strategy, tmp_path, data_dir):
     one, two = tmp_path / "one", tmp_path / "two"
-    p1 = cli(*BASE, "device=cuda", "trainer.batch_size=4", f"hydra.run.dir={one}")
-    p2 = cli(*BASE, "device=cuda", f"distributed={strategy}", "trainer.batch_size=2", f"hydra.run.dir={two}",
+    p1 = cli(*CORE, "device=cuda", "trainer.batch_size=4", f"hydra.run.dir={one}")
+    p2 = cli(*CORE, "device=cuda", f"distributed={strategy}", "trainer.batch_size=2", f"hydra.run.dir={two}",
              launcher=torchrun(2))
     assert p1.returncode == 0 and p2.returncode == 0, (p1.stderr[-2000:], p2.stderr[-2000:])
     a, b = (json.loads((d / "results.json").read_text()) for d in (one, two))
     assert b["training"]["global_batch"] == 4 and b["training"]["strategy"] == strategy
     assert losses(two) == pytest.approx(losses(one), abs=1e-4)
     assert numbers(b) == pytest.approx(numbers(a), abs=1e-3)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
+def test_graddiff_kl_frozen_copy_sharded(tmp_path, data_dir):
+    """GradDiff-KL with full fine-tuning: under FSDP its frozen copy is sharded too, with DDP's losses (the same
+    per-rank retain draws; a single process would draw other retain batches)."""
+    ddp, fsdp = tmp_path / "ddp", tmp_path / "fsdp"
+    args = [*[a for a in CORE if not a.startswith("method")], "device=cuda", "method=graddiff",
+            "method.retain_loss=kl", "trainer.batch_size=2"]
+    p1 = cli(*args, "distributed=ddp", f"hydra.run.dir={ddp}", launcher=torchrun(2))
+    p2 = cli(*args, "distributed=fsdp", f"hydra.run.dir={fsdp}", launcher=torchrun(2))
+    assert p1.returncode == 0 and p2.returncode == 0, (p1.stderr[-2000:], p2.stderr[-2000:])
+    assert "retain_kl" in (fsdp / "train_log.jsonl").read_text()
+    assert losses(fsdp) == pytest.approx(losses(ddp), abs=1e-4)

@@ -176,6 +176,8 @@ def train(model, method, forget: list[dict], retain: list[dict] | None, settings
     # the scheduler stays unprepared: accelerate would step it once per process
     wrapped, optimizer = acc.prepare(model, optimizer)
     acc.register_for_checkpointing(scheduler)
+    if distributed.sharded and getattr(method, "reference", None) is not None:
+        method.reference.shard(acc, distributed.effective)  # GradDiff-KL's frozen copy, sharded like the model
     view = ModelView(wrapped) if isinstance(wrapped, torch.nn.parallel.DistributedDataParallel) else wrapped
     order_rng = random.Random(settings.seed)
     retain_rng = random.Random(settings.seed * 1000003 + 7919 * (r + 1))

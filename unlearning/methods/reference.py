@@ -6,7 +6,8 @@ computed once, before training, and attached to the items as a float field
 one model. Methods that need the reference on fresh batches every step (GradDiff's
 retain KL, RMU's frozen activations) use `Reference`: with LoRA the reference is
 the same model with its adapters disabled (no copy); without LoRA it is one frozen
-copy made before training.
+copy made before training, which under FSDP / ZeRO-3 the loop shards like the model it
+trains (`Reference.shard`, with TRL's `prepare_fsdp` / `prepare_deepspeed`).
 Written by hand: the once-only batched pass and the LoRA/copy switch (peft's
 `disable_adapter` does the adapter part).
 """
@@ -90,6 +91,16 @@ class Reference:
         if not lora_planned(model, ctx):
             self.copy = copy.deepcopy(model).eval()
             self.copy.requires_grad_(False)
+
+    def shard(self, accelerator, strategy: str) -> None:
+        """Under FSDP / ZeRO-3, shard the frozen copy as the trained model is (each process holds 1/N of it)."""
+        if self.copy is None:
+            return
+        from trl.models.utils import prepare_deepspeed, prepare_fsdp
+
+        # TRL shards its DPO reference model the same way (ZeRO-3 inference engine / fully_shard, no optimizer)
+        self.copy = (prepare_fsdp if strategy == "fsdp" else prepare_deepspeed)(self.copy, accelerator)
+        self.copy.eval()
 
     @contextlib.contextmanager
     def __call__(self, model):
