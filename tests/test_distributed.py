@@ -396,6 +396,25 @@ def test_evaluation_is_split_between_processes_with_the_same_numbers(tmp_path):
         assert ranks[0][key] == ranks[1][key] == single[key], key  # the same batches: the same numbers
 
 
+def test_two_processes_write_the_pii_replacements_once(tmp_path):
+    """Model-written PII replacements under a 2-process launch: rank 0 generates them alone while the other
+    waits (no collective inside), then the other reads its cache; the run (with split evaluation) completes."""
+    cache, sweep = tmp_path / "cache", tmp_path / "sweep"
+    p = cli("-m", "model=tiny", "dataset=synthetic_pii", "evaluator=pii", "method=ga", f"cache_dir={cache}",
+            "dataset.people=2", "dataset.dialogues_per_person=1", "dataset.heldout_per_person=1",
+            "dataset.pii_free_train=4", "dataset.pii_free_heldout=2", "model.hidden_size=32", "model.num_layers=1",
+            "model.num_heads=2", "model.intermediate_size=64", "model.vocab_size=400", "model.finetune.epochs=1",
+            "trainer.max_steps=1", "evaluator.max_probes_per_kind=2", "evaluator.max_new_tokens=4",
+            "evaluator.utility_max_new_tokens=4", "dataset.replacement.model=${model}",
+            "dataset.replacement.max_new_tokens=4", f"hydra.sweep.dir={sweep}", launcher=torchrun(2),
+            env={"UNLEARNING_DIST_TIMEOUT_MIN": "2"})
+    assert p.returncode == 0, p.stderr[-3000:]
+    record = json.loads((sweep / "0" / "results.json").read_text())
+    assert record["status"] == "ok" and record["training"]["processes"] == 2
+    assert "leakage_rate" in record["metrics"] and "leakage_rate" in record["baselines"]["target"]
+    assert len(list((cache / "data" / "synthetic_pii").glob("*.json"))) == 1
+
+
 def test_a_killed_stage_build_resumes_to_the_same_weights(single, tmp_path):
     """kill -9 in the middle of the target fine-tune: the next run continues it from <stage>.partial."""
     from safetensors.torch import load_file

@@ -100,10 +100,14 @@ def alone():
 
 @contextlib.contextmanager
 def main_first():
-    """Rank 0 runs the block first (builds, writes); the others wait, then run it (and find the result)."""
+    """Rank 0 runs the block first (builds, writes); the others wait, then run it (and find the result).
+
+    Each process runs the block on its own (`alone`): the others are at a barrier, so model work inside
+    (the PII replacements a model writes) must not try to share its batches with them."""
     if not is_main():
         wait()
-    yield
+    with alone():
+        yield
     if is_main():
         wait()
 
