@@ -50,6 +50,16 @@ def test_quant8_attack_on_a_tiny_run(run_tiny, tmp_path):
     # the saved unlearned model is the plain one, not the quantized copy
     cfg = json.loads((tmp_path / "attacked" / "model" / "config.json").read_text())
     assert "quantization_config" not in cfg
+    assert "retain_Q_A_Prob@quant8" in m and "model_utility@quant8" in m  # measure=all: the whole evaluator again
+    # measure=forget: the forget split alone, with the same forget numbers and recoveries
+    forget = run_tiny("attack=[quant8]", "attacks.quant8.measure=forget", "save_model=false",
+                      out=tmp_path / "forget")["metrics"]
+    attacked = {k for k in forget if k.endswith("@quant8")}
+    assert attacked and all(k.startswith("forget_") for k in attacked), attacked
+    for key in attacked | {k for k in forget if k.endswith("@quant8_recovery")}:
+        assert forget[key] == pytest.approx(m[key], abs=1e-9), key
+    per_item = json.loads((tmp_path / "forget" / "eval" / "tofu@quant8.json").read_text())["per_item"]
+    assert set(per_item) == {"forget"}
 
 
 def test_bad_attack_input_is_one_line_before_any_work(data_dir):
@@ -59,6 +69,19 @@ def test_bad_attack_input_is_one_line_before_any_work(data_dir):
         validate(compose(["attack=[quant8]", "+attacks.quant8.group_size=64"]))
     parts = validate(compose(["attack=[quant8,quant4]", "objective=forget_Q_A_Prob@quant4_recovery"]))
     assert set(parts.attacks) == {"quant8", "quant4"}
+    with pytest.raises(UserError, match=r"attacks.quant8.measure='some' must be one of \['all', 'forget'\]"):
+        validate(compose(["attack=[quant8]", "attacks.quant8.measure=some"]))
+    with pytest.raises(UserError, match="attacks.relearn.measure='x' must be one of"):
+        validate(compose(["attack=[relearn]", "attacks.relearn.measure=x"]))
+    with pytest.raises(UserError, match="attacks.quant4.measure=forget: evaluator=muse"):
+        validate(compose(["dataset=muse_news", "evaluator=muse", "attack=[quant4]", "attacks.quant4.measure=forget"]))
+    # an objective the attack does not measure is refused: data-only attacks measure the forget side alone
+    with pytest.raises(UserError, match="objective=model_utility@paraphrase is not a metric"):
+        validate(compose(["attack=[paraphrase]", "objective=model_utility@paraphrase"]))
+    with pytest.raises(UserError, match="objective=model_utility@quant8 is not a metric"):
+        validate(compose(["attack=[quant8]", "attacks.quant8.measure=forget", "objective=model_utility@quant8"]))
+    validate(compose(["attack=[quant8]", "objective=model_utility@quant8"]))
+    validate(compose(["attack=[paraphrase]", "objective=forget_quality@paraphrase"]))
 
 
 def test_an_unknown_attack_is_caught_on_the_command_line(data_dir):
@@ -140,8 +163,11 @@ def test_paraphrase_and_icl_attacks_on_a_tiny_run(run_tiny, tmp_path):
     m = rec["metrics"]
     for name in ("paraphrase", "icl"):
         assert m[f"forget_Q_A_Prob@{name}"] != m["forget_Q_A_Prob"]
-        assert m[f"retain_Q_A_Prob@{name}"] == pytest.approx(m["retain_Q_A_Prob"])  # only forget probes change
-        assert (tmp_path / "p" / "eval" / f"tofu@{name}.json").is_file()
+        # only the forget probes change, so only the forget side is measured again (not a copy of the plain numbers)
+        assert f"retain_Q_A_Prob@{name}" not in m and f"model_utility@{name}" not in m
+        assert f"forget_quality@{name}" in m and f"forget_Q_A_Prob@{name}_recovery" in m
+        per_item = json.loads((tmp_path / "p" / "eval" / f"tofu@{name}.json").read_text())["per_item"]
+        assert set(per_item) == {"forget"}
 
 
 def test_paraphrase_and_icl_bad_input(data_dir):

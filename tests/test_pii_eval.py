@@ -97,6 +97,12 @@ def test_evaluator_on_a_real_tiny_model_with_and_without_guidance(small):
         "scale": 2.0, "mode": "log", "positive_prompt": "No personal data.", "negative_prompt": "Share it."}})
     guided = ev.evaluate(model, tok, data, SimpleNamespace(generation=gen, max_length=128))
     assert len(guided["per_item"]["probes"]) == 9
+    # the forget side (what attacks measure): the same probes and leakage, no utility
+    side = ev.forget_side()
+    forget = side.evaluate(model, tok, data, None)
+    assert forget["aggregates"] == {k: v for k, v in agg.items() if not k.startswith("utility_")}
+    assert set(forget["per_item"]) == {"probes"} and ev.utility and "utility_nll" in ev.metric_names(data)
+    assert "utility_nll" not in side.metric_names(data) and "leakage_rate" in side.metric_names(data)
 
 
 def test_unknown_probe_kind_is_one_clear_line():

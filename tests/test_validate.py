@@ -172,6 +172,9 @@ def test_the_benchmark_size_presets_are_the_benchmarks_own_size(data_dir):
     assert pii.model.finetune.save_every > 0 and pii.trainer.save_every > 0  # hours on a CPU: resumable
     tofu = validate(compose(["experiment=tofu_smollm2_full"]))
     assert [len(tofu.data.extra[s]) for s in ("forget", "retain", "real_authors", "world_facts")] == [40, 400, 100, 117]
+    # every attack measures TOFU's forget side only (five whole evaluations per method would not fit a session)
+    assert {name: a.measure for name, a in tofu.attacks.items()} == {
+        "relearn": "forget", "quant8": "forget", "quant4": "forget", "paraphrase": "forget", "icl": "forget"}
 
 
 def test_objective_may_name_a_guidance_scale_column(data_dir):

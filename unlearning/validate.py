@@ -59,7 +59,7 @@ def validate(cfg: DictConfig) -> Parts:
     check_method_on_data(cfg, method, data)
     check_evaluator_on_data(cfg, evaluator, data)
     check_generation(cfg)
-    check_objective(cfg, evaluator, data)
+    check_objective(cfg, evaluator, data, attacks)
     check_subtraction(cfg)
     check_stage_paths(cfg)
     check_precision(cfg)
@@ -273,14 +273,18 @@ def check_generation(cfg: DictConfig) -> None:
         raise UserError(f"generation.batch_size={bs!r} must be a positive integer")
 
 
-def check_objective(cfg: DictConfig, evaluator, data) -> None:
+def check_objective(cfg: DictConfig, evaluator, data, attacks: dict | None = None) -> None:
+    from unlearning.attacks import scope
+
     objective = cfg.get("objective") or getattr(evaluator, "objective", None)
     if not objective:
         return
     names = set(evaluator.metric_names(data))
-    attacks = [str(a) for a in (cfg.get("attacks") or {})]
-    suffixed = {f"{n}@{t}" for n in names for t in eval_tags(cfg.generation) + attacks}
-    names |= suffixed | {f"{n}@{a}_recovery" for n in getattr(evaluator, "forget_metrics", ()) for a in attacks}
+    suffixed = {f"{n}@{t}" for n in names for t in eval_tags(cfg.generation)}
+    for name, attack in (attacks or {}).items():  # an attack measures the whole evaluator or its forget side
+        suffixed |= {f"{n}@{name}" for n in scope(evaluator, attack).metric_names(data)}
+        suffixed |= {f"{n}@{name}_recovery" for n in getattr(evaluator, "forget_metrics", ())}
+    names |= suffixed
     if str(objective) not in names:
         ev = cfg.get("choices", {}).get("evaluator") or getattr(evaluator, "name", "evaluator")
         close = sorted(n for n in names if "@" not in n)

@@ -26,6 +26,7 @@ def with_shots(messages: list[dict], shots: list[dict]) -> list[dict]:
 
 class InContext:
     data_only = True  # changes what is asked, not the model
+    measure = "forget"  # everything else would be the plain evaluation again (attacks/__init__.py)
 
     def __init__(self, shots: int = 3, seed: int = 0, **unknown):
         from unlearning.errors import reject_unknown

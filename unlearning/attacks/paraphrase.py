@@ -21,6 +21,7 @@ SUPPORTED = ("tofu", "pii")
 
 class Paraphrase:
     data_only = True  # changes what is asked, not the model
+    measure = "forget"  # everything else would be the plain evaluation again (attacks/__init__.py)
 
     def __init__(self, **unknown):
         from unlearning.errors import reject_unknown

@@ -16,15 +16,25 @@ BITS = (8, 4)
 
 
 class Quantize:
-    def __init__(self, bits: int = 8, **unknown):
+    def __init__(self, bits: int = 8, measure: str = "all", **unknown):
+        from unlearning.attacks import MEASURES
         from unlearning.errors import reject_unknown
 
-        reject_unknown("attack", f"quant{bits}", unknown, ["bits"])
+        reject_unknown("attack", f"quant{bits}", unknown, ["bits", "measure"])
+        if measure not in MEASURES:
+            raise UserError(f"attacks.quant{bits}.measure={measure!r} must be one of {list(MEASURES)} (all: the "
+                            "whole evaluator again; forget: only its forget metrics)")
+        self.measure = measure
         if isinstance(bits, bool) or bits not in BITS:
             raise UserError(f"attack bits={bits!r}: optimum-quanto quantizes weights to {list(BITS)} bits here; "
                             "use conf/attack/quant8.yaml or quant4.yaml")
         self.bits = int(bits)
         self._qtype()  # a missing library is a one-line error at validation, not after training
+
+    def check(self, evaluator, data) -> None:
+        from unlearning.attacks import check_measure
+
+        check_measure(f"quant{self.bits}", self.measure, evaluator)
 
     def _qtype(self):
         try:
@@ -42,4 +52,4 @@ class Quantize:
         return model
 
     def __repr__(self) -> str:
-        return f"Quantize(bits={self.bits}, optimum-quanto RTN weight-only)"
+        return f"Quantize(bits={self.bits}, optimum-quanto RTN weight-only, measure={self.measure})"

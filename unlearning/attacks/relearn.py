@@ -17,26 +17,34 @@ from unlearning.errors import UserError
 
 class Relearn:
     def __init__(self, examples: int = 4, steps: int = 10, lr: float = 1e-4, batch_size: int = 2,
-                 lora: bool = False, seed: int = 0, **unknown):
+                 lora: bool = False, seed: int = 0, measure: str = "all", **unknown):
+        from unlearning.attacks import MEASURES
         from unlearning.errors import reject_unknown
 
-        reject_unknown("attack", "relearn", unknown, ["examples", "steps", "lr", "batch_size", "lora", "seed"])
+        reject_unknown("attack", "relearn", unknown, ["examples", "steps", "lr", "batch_size", "lora", "seed",
+                                                      "measure"])
+        if measure not in MEASURES:
+            raise UserError(f"attacks.relearn.measure={measure!r} must be one of {list(MEASURES)} (all: the whole "
+                            "evaluator again; forget: only its forget metrics)")
         for key, value in (("examples", examples), ("steps", steps), ("batch_size", batch_size)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise UserError(f"attacks.relearn.{key}={value!r} must be a whole number >= 1")
         if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
             raise UserError(f"attacks.relearn.lr={lr!r} must be a number > 0")
         self.examples, self.steps, self.lr, self.batch_size = examples, steps, float(lr), batch_size
-        self.lora, self.seed = bool(lora), seed
+        self.lora, self.seed, self.measure = bool(lora), seed, measure
 
     def check(self, evaluator, data) -> None:
         """Called by the validation phase: the evaluator must know how to drop items, and enough must remain."""
+        from unlearning.attacks import check_measure
+
         if not hasattr(evaluator, "without"):
             raise UserError(f"attack relearn needs an evaluator that can evaluate on the rest of the forget set; "
                             f"evaluator={evaluator.name} cannot yet (use it with tofu or pii)")
         if self.examples >= len(data.forget):
             raise UserError(f"attacks.relearn.examples={self.examples} leaves nothing to evaluate: the forget set "
                             f"has {len(data.forget)} examples; hold out fewer")
+        check_measure("relearn", self.measure, evaluator)
 
     def held_out(self, data) -> list:
         return random.Random(self.seed).sample(list(data.forget), self.examples)
@@ -59,4 +67,5 @@ class Relearn:
         return model.merge_and_unload() if self.lora else model
 
     def __repr__(self) -> str:
-        return f"Relearn(examples={self.examples}, steps={self.steps}, lr={self.lr}, lora={self.lora})"
+        return (f"Relearn(examples={self.examples}, steps={self.steps}, lr={self.lr}, lora={self.lora}, "
+                f"measure={self.measure})")

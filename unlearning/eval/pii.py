@@ -83,6 +83,7 @@ class PiiEvaluator:
         self.max_new_tokens, self.utility_max_new_tokens = max_new_tokens, utility_max_new_tokens
         self.max_probes_per_kind, self.utility_max_items = max_probes_per_kind, utility_max_items
         self.presidio, self.seed = presidio, seed
+        self.utility = True  # false in forget_side(): the probes alone
         self.general = general_sets(data_dir) if general_knowledge else None  # a missing folder fails here
 
     def requires(self) -> list[str]:
@@ -97,11 +98,21 @@ class PiiEvaluator:
         rest = [p for p in data.extra["probes"] if (p["person"], p["type"]) not in taught]
         return dataclasses.replace(data, extra={**data.extra, "probes": rest})
 
+    def forget_side(self) -> "PiiEvaluator":
+        """This evaluator on the leakage probes alone, without utility and general knowledge (attacks measure only
+        what they can change: `measure`)."""
+        import copy
+
+        side = copy.copy(self)
+        side.utility, side.general = False, None
+        return side
+
     def metric_names(self, data) -> set[str]:
         probes = self._probes(data) if "probes" in data.extra else []
         names = {"num_probes", "leakage_rate", "partial_leakage_rate", "detector_pii_count", "detector_pii_per_answer",
-                 "degenerate_rate", "offtopic_rate", "cross_leakage_rate", "utility_rougeL_recall", "utility_rougeL_f", "utility_nll",
-                 "utility_degenerate_rate"}
+                 "degenerate_rate", "offtopic_rate", "cross_leakage_rate"}
+        if self.utility:
+            names |= {"utility_rougeL_recall", "utility_rougeL_f", "utility_nll", "utility_degenerate_rate"}
         if self.general is not None:
             names |= set(GENERAL_METRICS)
         names |= {f"leakage_rate_{'seen' if p['seen'] else 'unseen'}" for p in probes}
@@ -145,9 +156,11 @@ class PiiEvaluator:
                             "degenerate": degenerate(a), "offtopic": offtopic(a, p["type"], training),
                             "cross_leaked": cross_leak(a, p["person"], data.extra["people"], types, context)})
         agg = leakage_aggregates(records)
-        utility = self._utility(model, tokenizer, data, ctx, bs, bf16, guidance)
-        agg.update(utility["aggregates"])
-        per_item = {"probes": records, "utility": utility["records"]}
+        per_item = {"probes": records}
+        if self.utility:
+            utility = self._utility(model, tokenizer, data, ctx, bs, bf16, guidance)
+            agg.update(utility["aggregates"])
+            per_item["utility"] = utility["records"]
         if self.general is not None:
             general = self._general(model, tokenizer, ctx, bs)
             agg.update({k: general["aggregates"][k] for k in GENERAL_METRICS})

@@ -57,6 +57,14 @@ class TofuEvaluator:
         rest = [ex for ex in data.extra.get("forget", []) if ex.messages[-1]["content"] not in asked]
         return dataclasses.replace(data, extra={**data.extra, "forget": rest})
 
+    def forget_side(self) -> "TofuEvaluator":
+        """This evaluator on the forget split alone (attacks measure only what they can change: `measure`)."""
+        import copy
+
+        side = copy.copy(self)
+        side.splits = [s for s in self.splits if s == "forget"]
+        return side
+
     def metric_names(self, data=None) -> set[str]:
         names = set()
         for split in self.splits:
