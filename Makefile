@@ -66,11 +66,12 @@ figures-pii-seed: $(VENV)/.installed
 
 # The seed's table at the benchmark's own size (issue 12): 20 people, 10 PII types, model-written replacements,
 # every gamma and every attack. Resumable: re-running it skips finished rows and resumes the interrupted one.
+# The paper's method (CFG-aware ORPO) runs first, so an interrupted run has its main row first.
 PAPER_COLS := $(PII_COLS),leakage_rate_type_name,leakage_rate_type_email,leakage_rate_type_phone,leakage_rate_type_address,leakage_rate_type_dob,leakage_rate_type_national_id,leakage_rate_type_credit_card,leakage_rate_type_iban,leakage_rate_type_employer,leakage_rate_type_job
 figures-pii-paper: $(VENV)/.installed
-	$(VENV)/bin/unlearning -m experiment=pii_paper method=orpo,orpo_cfg resume=true hydra.sweep.dir=$(FIG)/pii_paper
+	$(VENV)/bin/unlearning -m experiment=pii_paper method=orpo_cfg,orpo resume=true hydra.sweep.dir=$(FIG)/pii_paper
 	$(VENV)/bin/unlearning -m experiment=pii_paper subtraction.enabled=true resume=true hydra.sweep.dir=$(FIG)/pii_paper_sub
-	$(VENV)/bin/unlearning-table $(FIG)/pii_paper/0 $(FIG)/pii_paper/1 $(FIG)/pii_paper_sub/0 \
+	$(VENV)/bin/unlearning-table $(FIG)/pii_paper/1 $(FIG)/pii_paper/0 $(FIG)/pii_paper_sub/0 \
 	  --labels "ORPO (plain pairs),ORPO CFG-aware,ORPO CFG-aware + subtraction" --columns $(PAPER_COLS) \
 	  --update README.md --marker pii_paper
 

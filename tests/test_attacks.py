@@ -62,6 +62,15 @@ def test_quant8_attack_on_a_tiny_run(run_tiny, tmp_path):
     assert set(per_item) == {"forget"}
 
 
+def test_quantized_copy_is_evaluated_without_bf16_autocast(run_tiny, tmp_path, monkeypatch):
+    """quanto's int8 CPU matmul refuses bf16 activations; with bf16 evaluation asked for, the attack still runs."""
+    monkeypatch.setenv("UNLEARNING_BF16_EMULATED", "1")  # bf16 autocast even on a CPU without native bf16
+    rec = run_tiny("attack=[quant8]", "attacks.quant8.measure=forget", "generation.bf16=true",
+                   "evaluator.generate=false", "save_model=false", out=tmp_path / "bf16")
+    assert rec["status"] == "ok", rec.get("error")
+    assert rec["metrics"]["forget_Q_A_Prob@quant8"] > 0
+
+
 def test_bad_attack_input_is_one_line_before_any_work(data_dir):
     with pytest.raises(UserError, match="bits=3"):
         validate(compose(["attack=[quant8]", "attacks.quant8.bits=3"]))

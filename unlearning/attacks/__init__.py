@@ -60,6 +60,19 @@ def scope(evaluator, attack):
     return evaluator
 
 
+def without_autocast(ctx):
+    """The run context with bf16 autocast off: optimum-quanto's int8/int4 CPU matmuls take fp32 activations only
+    ("expected scalar type BFloat16 but found Float" under autocast), so a quantized copy is evaluated in fp32."""
+    gen = getattr(ctx, "generation", None)
+    if not gen or not gen.get("bf16"):
+        return ctx
+    from omegaconf import DictConfig, OmegaConf
+
+    clone = copy.copy(ctx)
+    clone.generation = OmegaConf.merge(gen, {"bf16": False}) if isinstance(gen, DictConfig) else {**gen, "bf16": False}
+    return clone
+
+
 def fresh_copy(model):
     """A deep copy with any LoRA adapters merged, so an attack sees plain weights and leaves the original alone."""
     clone = copy.deepcopy(model)
@@ -90,7 +103,8 @@ def run_attacks(attacks: dict, evaluator, model, tok, data, ctx, reference: dict
         else:
             eval_data, unlearned, target_rest = data, metrics, target or {}
             perturbed = attack.apply(fresh_copy(model), tok, data, ctx)
-        result = scope(evaluator, attack).evaluate(perturbed, tok, eval_data, ctx, reference=reference)
+        attack_ctx = ctx if getattr(attack, "autocast", True) else without_autocast(ctx)
+        result = scope(evaluator, attack).evaluate(perturbed, tok, eval_data, attack_ctx, reference=reference)
         del perturbed
         if getattr(ctx, "out_dir", None) is not None:
             write_json(ctx.out_dir / "eval" / f"{evaluator.name}@{name}.json", result)

@@ -5,7 +5,8 @@ finds that 4-bit quantization restores much of the "forgotten" knowledge. This a
 setting: optimum-quanto's weight-only quantization (symmetric, per-output-channel absmax scales;
 `qint8` / `qint4`) of every linear layer, activations kept in float, evaluated as quantized. It runs
 on CPU; GPTQ/AWQ (calibrated) are not reproduced. bitsandbytes would be the CUDA choice; quanto runs
-on both, so one code path serves every device.
+on both, so one code path serves every device. The quantized copy is evaluated without bf16 autocast
+(fp32 activations), whatever `generation.bf16` says: quanto's CPU kernels refuse bf16 activations.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ BITS = (8, 4)
 
 
 class Quantize:
+    autocast = False  # quanto's integer matmuls take fp32 activations: evaluated without bf16 autocast
     def __init__(self, bits: int = 8, measure: str = "all", **unknown):
         from unlearning.attacks import MEASURES
         from unlearning.errors import reject_unknown
