@@ -42,15 +42,15 @@ def recovery(after: float | None, unlearned: float | None, target: float | None)
     return (after - unlearned) / gap
 
 
-def check_measure(name: str, measure, evaluator) -> str:
-    """`attacks.<name>.measure`: all or forget, and forget only with an evaluator that has a forget side."""
+def check_measure(name: str, measure, evaluator) -> None:
+    """`attacks.<name>.measure` (validation phase): all or forget, and forget only with an evaluator that has a
+    forget side."""
     if measure not in MEASURES:
         raise UserError(f"attacks.{name}.measure={measure!r} must be one of {list(MEASURES)} (all: the whole "
                         "evaluator again; forget: only its forget metrics)")
     if measure == "forget" and not hasattr(evaluator, "forget_side"):
         raise UserError(f"attacks.{name}.measure=forget: evaluator={evaluator.name} has no separate forget side; "
                         "use measure=all")
-    return measure
 
 
 def scope(evaluator, attack):
