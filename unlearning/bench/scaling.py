@@ -125,8 +125,9 @@ def main(argv=None) -> int:
                                   env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(threads)})
             line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
             if proc.returncode != 0 or not line:
-                tail = proc.stderr.strip().splitlines()[-1:] if proc.stderr.strip() else []
-                print(f"{model} x{n}: failed (exit {proc.returncode}): {tail}", file=sys.stderr)
+                # torchrun ends its report with a rule of '='; the worker's own error sits above it
+                tail = "\n".join(proc.stderr.strip().splitlines()[-25:])
+                print(f"{model} x{n}: failed (exit {proc.returncode}); the launch's last lines:\n{tail}", file=sys.stderr)
                 return 1
             r = json.loads(line[0][7:])
             base = base or r
