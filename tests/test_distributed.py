@@ -305,6 +305,7 @@ REF_LOGPS_SCRIPT = r'''
 import json, os, sys
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
+from unlearning.distributed import shutdown
 from unlearning.methods.reference import attach_ref_logps
 
 torch.manual_seed(0)
@@ -320,6 +321,7 @@ for n in range(9):
 attach_ref_logps(model, items, pad_id=0, batch_size=2)
 out = {"values": [it["ref_logp"] for it in items], "calls": len(calls)}
 open(os.path.join(sys.argv[1], f"rank{os.environ.get('RANK', '0')}.json"), "w").write(json.dumps(out))
+shutdown()  # as the entrypoint ends
 '''
 
 
@@ -347,6 +349,7 @@ EVAL_SCRIPT = r"""
 import json, os, sys
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from unlearning.data.base import chat, encode
+from unlearning.distributed import shutdown
 from unlearning.eval import engine
 
 model = AutoModelForCausalLM.from_pretrained(sys.argv[1])
@@ -363,6 +366,9 @@ guided = engine.answer(model, tok, chats, 6, {"batch_size": 2, "guidance": {"sca
 out = {"logp": [s.logp.tolist() for s in scores], "mu": [s.mu.tolist() for s in scores],
        "hit": [s.hit.tolist() for s in scores], "plain": plain, "guided": guided, "rows": rows}
 open(os.path.join(sys.argv[2], f"rank{os.environ.get('RANK', '0')}.json"), "w").write(json.dumps(out))
+shutdown()  # as the entrypoint ends: a barrier, then the process group closed
+import torch.distributed as dist
+open(os.path.join(sys.argv[2], f"closed{os.environ.get('RANK', '0')}"), "w").write(str(not dist.is_initialized()))
 """
 
 
@@ -394,6 +400,8 @@ def test_evaluation_is_split_between_processes_with_the_same_numbers(tmp_path):
     assert ranks[0]["rows"] == [2, 2] * 2 + [4, 4] and ranks[1]["rows"] == [2, 1] * 2 + [4, 2]
     for key in ("logp", "mu", "hit", "plain", "guided"):
         assert ranks[0][key] == ranks[1][key] == single[key], key  # the same batches: the same numbers
+    # both processes closed the process group together (a rank exiting with it open could reset the other's reads)
+    assert [(two / f"closed{r}").read_text() for r in (0, 1)] == ["True", "True"]
 
 
 def test_two_processes_write_the_pii_replacements_once(tmp_path):

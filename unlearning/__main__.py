@@ -145,6 +145,9 @@ def main() -> int:
         return 2
     except SystemExit as e:  # Hydra exits on its own errors (already reported) and after --help
         return int(e.code or 0)
+    from unlearning.distributed import shutdown
+
+    shutdown()  # every process got here: close the process group together (see `shutdown`)
     if "-m" in args or "--multirun" in args:
         from unlearning.sweep import failed_jobs
 

@@ -56,6 +56,20 @@ def wait() -> None:
         _state().wait_for_everyone()
 
 
+def shutdown() -> None:
+    """End of a successful multi-process run: a barrier, then the process group closed.
+
+    Without it each process tears its gloo sockets down at interpreter exit on its own; a process that
+    closes first can reset a connection the other is still reading, and that one dies in gloo's
+    background thread (SIGABRT, no Python traceback). Only on success: after an error the others may
+    never reach the barrier (torchrun stops them)."""
+    import torch.distributed as dist
+
+    if world_size() > 1 and dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def broadcast(obj, src: int = 0):
     """`obj` as rank `src` has it, on every rank (a picklable object; itself in a single process)."""
     if world_size() == 1:

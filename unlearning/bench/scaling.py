@@ -93,9 +93,12 @@ def worker(args) -> dict | None:
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     if args.worker:
+        from unlearning.distributed import shutdown
+
         row = worker(args)
         if row is not None:
             print("RESULT " + json.dumps(row), flush=True)
+        shutdown()
         return 0
     if not args.data_dir:
         print("unlearning-bench scaling: set UNLEARNING_DATA_DIR or --data-dir (TOFU text)", file=sys.stderr)
