@@ -170,6 +170,8 @@ def test_the_benchmark_size_presets_are_the_benchmarks_own_size(data_dir):
     assert OmegaConf.to_container(pii.generation.eval_scales) == [
         2, 3, {"scale": 2, "mode": "prob"}, {"scale": 3, "mode": "prob"}]
     assert pii.model.finetune.save_every > 0 and pii.trainer.save_every > 0  # hours on a CPU: resumable
+    assert {name: a.measure for name, a in validate(pii).attacks.items()} == {
+        "relearn": "forget", "quant8": "forget", "quant4": "forget", "paraphrase": "forget", "icl": "forget"}
     tofu = validate(compose(["experiment=tofu_smollm2_full"]))
     assert [len(tofu.data.extra[s]) for s in ("forget", "retain", "real_authors", "world_facts")] == [40, 400, 100, 117]
     # every attack measures TOFU's forget side only (five whole evaluations per method would not fit a session)
