@@ -65,9 +65,10 @@ def shutdown() -> None:
     never reach the barrier (torchrun stops them)."""
     import torch.distributed as dist
 
-    if world_size() > 1 and dist.is_available() and dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
+    if world_size() > 1 and dist.is_initialized():
+        state = _state()
+        state.wait_for_everyone()
+        state.destroy_process_group()
 
 
 def broadcast(obj, src: int = 0):
