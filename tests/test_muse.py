@@ -19,7 +19,7 @@ from faker import Faker
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from unlearning.data.base import encode
+from unlearning.data.base import Example, encode
 from unlearning.data.muse import SEP, backing_articles, chunk_text, load_muse_news, select_forget
 from unlearning.errors import UserError
 from unlearning.eval import mia
@@ -157,6 +157,36 @@ def test_evaluator_on_tiny_model(muse_dir, tiny):
                              privleak_reference_auc=0.9).evaluate(model, tok, data, None, reference=ref)["aggregates"]
     assert with_ref["privleak_reference_auc"] == 0.3  # the reference model's result wins over the config value
     assert with_ref["privleak"] == pytest.approx(((1 - with_ref["mia_min_k"]) - 0.7) / 0.7 * 100)
+
+
+def test_relearn_evaluates_only_what_the_held_out_chunks_do_not_teach(muse_dir):
+    files = json.loads((muse_dir / "raw" / "forget.json").read_text())
+    data = load_muse_news(path=str(muse_dir))
+    ev, answer = MuseEvaluator(), data.extra["knowmem_forget"][0]["answer"]
+    # a chunk of article 2 (150 characters of VerbMem probe 0's prompt), one of article 3 (PrivLeak probe 1's
+    # start) and KnowMem answer 0 in capitals
+    held = [Example(answer=files[2][100:400]), Example(answer=files[3][40:140] + " " + answer.upper() + ".")]
+    rest = ev.without(data, held).extra
+    assert [v["id"] for v in rest["verbmem"]] == ["1"]
+    assert [p["id"] for p in rest["privleak_forget"]] == ["0", "2"]
+    assert [q["id"] for q in rest["knowmem_forget"]] == ["1", "2"]
+    assert rest["privleak_holdout"] == data.extra["privleak_holdout"] and rest["knowmem_retain"] == data.extra["knowmem_retain"]
+    # fewer than 64 shared characters, or the answer inside a longer word, teaches nothing
+    kept = ev.without(data, [Example(answer=files[7][250:300] + " x" + answer + "y")]).extra
+    assert len(kept["verbmem"]) == 2 and len(kept["knowmem_forget"]) == 3
+
+
+def test_relearn_attack_on_a_tiny_muse_run(tmp_path, muse_dir):
+    out = tmp_path / "run"
+    r = _cli(TINY_RUN + [f"dataset.path={muse_dir}", f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={out}",
+                         "attack=[relearn]", "attacks.relearn.examples=2", "attacks.relearn.steps=2"], {})
+    assert r.returncode == 0, r.stderr[-3000:]
+    m = json.loads((out / "results.json").read_text())["metrics"]
+    assert 0 <= m["forget_verbmem_ROUGE@relearn"] <= 1 and 0 <= m["mia_min_k@relearn"] <= 1
+    assert {f"{k}@relearn_recovery" for k in MuseEvaluator.forget_metrics} <= set(m)
+    attacked = json.loads((out / "eval" / "muse@relearn.json").read_text())["per_item"]
+    plain = json.loads((out / "eval" / "muse.json").read_text())["per_item"]
+    assert len(attacked["privleak_forget"]) <= len(plain["privleak_forget"])
 
 
 def test_configs_compose_and_instantiate(muse_dir):

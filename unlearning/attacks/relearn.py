@@ -3,7 +3,8 @@
 Held-out forget examples (a seeded sample of `examples` items) are trained on with the shared loop
 (`unlearning.train.train`, plain NLL, `steps` steps at `lr`, optionally LoRA); the evaluator then runs
 on the forget items that were NOT trained on (`evaluator.without(data, held)`: TOFU drops those
-questions, the PII benchmark drops the probes about the held-out turns' person and PII type). The
+questions, the PII benchmark drops the probes about the held-out turns' person and PII type, MUSE drops the
+VerbMem / PrivLeak texts that overlap a held-out chunk and the KnowMem questions it answers). The
 recovery baseline is measured on that same remainder: the unlearned model and the target are
 evaluated on it too, so the three numbers compare like with like.
 """
@@ -36,7 +37,7 @@ class Relearn:
 
         if not hasattr(evaluator, "without"):
             raise UserError(f"attack relearn needs an evaluator that can evaluate on the rest of the forget set; "
-                            f"evaluator={evaluator.name} cannot yet (use it with tofu or pii)")
+                            f"evaluator={evaluator.name} cannot yet (use it with tofu, pii or muse)")
         if self.examples >= len(data.forget):
             raise UserError(f"attacks.relearn.examples={self.examples} leaves nothing to evaluate: the forget set "
                             f"has {len(data.forget)} examples; hold out fewer")

@@ -14,6 +14,8 @@ Written by hand: only the prompt assembly and the bookkeeping of per-item rows.
 
 from __future__ import annotations
 
+import re
+
 from unlearning.data.base import IGNORE
 from unlearning.errors import UserError
 from unlearning.eval import engine, metrics, mia
@@ -21,6 +23,7 @@ from unlearning.eval.memorization import exact_memorization, extraction_strength
 from unlearning.eval.metrics import mean_or_none
 
 KNOWMEM_STOPS = ["\n\n", "Question"]
+SHARED_CHARS = 64  # relearning "taught" a probe when a run this long of its text is in a held-out chunk
 
 
 def icl_prompt(icl: list[dict], question: str) -> str:
@@ -61,6 +64,31 @@ class MuseEvaluator:
     def requires(self) -> list[str]:
         """The dataset's `extra` entries this evaluator reads (checked before any work)."""
         return ["verbmem", "knowmem_forget", "knowmem_retain", "privleak_forget", "privleak_holdout"]
+
+    def without(self, data, held):
+        """This data without the forget probes the held-out forget text teaches directly (the relearning attack):
+        VerbMem and PrivLeak-forget items sharing a run of `SHARED_CHARS` characters with a held-out chunk, and
+        KnowMem forget questions whose answer appears (whole words, any case) in one. MUSE's probes carry no link
+        to the chunks, so text overlap is the link."""
+        import dataclasses
+
+        taught = [ex.answer for ex in held]
+        runs = {t[i:i + SHARED_CHARS] for t in taught for i in range(max(len(t) - SHARED_CHARS, 0) + 1)}
+
+        def shares(text: str) -> bool:
+            if len(text) < SHARED_CHARS:
+                return any(text in t for t in taught)
+            return any(text[i:i + SHARED_CHARS] in runs for i in range(len(text) - SHARED_CHARS + 1))
+
+        def answered(answer: str) -> bool:
+            pattern = re.compile(rf"(?<!\w){re.escape(answer.strip())}(?!\w)", re.IGNORECASE)
+            return bool(answer.strip()) and any(pattern.search(t) for t in taught)
+
+        extra = dict(data.extra)
+        extra["verbmem"] = [v for v in extra.get("verbmem", []) if not shares(v["prompt"] + v["gt"])]
+        extra["privleak_forget"] = [p for p in extra.get("privleak_forget", []) if not shares(p["text"])]
+        extra["knowmem_forget"] = [q for q in extra.get("knowmem_forget", []) if not answered(q["answer"])]
+        return dataclasses.replace(data, extra=extra)
 
     def metric_names(self, data=None) -> set[str]:
         return {"forget_verbmem_ROUGE", "exact_memorization", "extraction_strength", "forget_knowmem_ROUGE",
