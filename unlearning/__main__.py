@@ -17,6 +17,7 @@ from pathlib import Path
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 log = logging.getLogger("unlearning")
+MODE = {"eval": False}  # set by `unlearning-eval` (eval_main)
 
 
 def _job(cfg):
@@ -27,6 +28,9 @@ def _job(cfg):
     from unlearning.errors import Diverged, UserError
     from unlearning.results import write_json
     from unlearning.run import run, table
+
+    if MODE["eval"]:  # unlearning-eval: the model as it is, no unlearning
+        from unlearning.evaluate import evaluate_model as run
 
     slurm_torch_environment()
     hc = HydraConfig.get()
@@ -40,7 +44,7 @@ def _job(cfg):
 
         torch.set_num_threads(int(cfg.threads))
     try:
-        record = run(cfg, out_dir, overrides, multirun=multirun)
+        record = run(cfg, out_dir, overrides, **({} if MODE["eval"] else {"multirun": multirun}))
     except Diverged as e:  # results.json (status "diverged") is written already
         if not multirun:
             print(f"error: {e}", file=sys.stderr)
@@ -132,6 +136,8 @@ def main() -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
+    if MODE["eval"]:
+        args = eval_folders(args)
     sys.argv = [sys.argv[0], *same_folders_on_every_rank(args)]
     import hydra
 
@@ -153,6 +159,24 @@ def main() -> int:
 
         return failed_jobs()
     return 0
+
+
+def eval_folders(args: list[str]) -> list[str]:
+    """unlearning-eval's run folders are named after the model and the evaluator (there is no method)."""
+    given = {a.split("=", 1)[0] for a in args}
+    extra = []
+    if "hydra.run.dir" not in given:
+        extra.append("hydra.run.dir=outputs/evals/${now:%Y-%m-%d_%H-%M-%S}_${hydra:runtime.choices.model}_"
+                     "${hydra:runtime.choices.evaluator}")
+    if "hydra.sweep.dir" not in given:
+        extra.append("hydra.sweep.dir=outputs/evals/${now:%Y-%m-%d_%H-%M-%S}")
+    return args + extra
+
+
+def eval_main() -> int:
+    """`unlearning-eval`: the same entrypoint, evaluating the model as it is (unlearning/evaluate.py)."""
+    MODE["eval"] = True
+    return main()
 
 
 if __name__ == "__main__":

@@ -104,6 +104,9 @@ def run(cfg: DictConfig, out_dir: str | Path, overrides: list[str] | None = None
     """
     t_start = time.perf_counter()
     parts = validate(cfg)                                          # every component built and checked: no weights yet
+    if cfg.get("reference_result"):
+        raise UserError("reference_result is read by unlearning-eval only; a run's reference is the retain "
+                        "reference stage (stage.reference_path= to give one)")
     out_dir = make_run_folder(out_dir)
     if (done := finished(cfg, out_dir)) is not None:               # resume=true on a run that ended: nothing to do
         return done
@@ -348,7 +351,8 @@ def table(record: dict, columns: list[str] | None = None) -> str:
     """A plain-text comparison table: reference, target, unlearned, and unlearned under each extra guidance scale."""
     metrics = record["metrics"]
     rows = [(name, record["baselines"][name]) for name in ("reference", "target") if name in record["baselines"]]
-    rows.append((f"unlearned ({record['method']})", metrics))
+    rows.append((f"evaluated ({record['model']})" if "evaluated" in record else f"unlearned ({record['method']})",
+                 metrics))
     for tag in dict.fromkeys(k.split("@", 1)[1] for k in metrics if "@" in k):
         rows.append((f"unlearned @{tag}", {k.split("@", 1)[0]: v for k, v in metrics.items() if k.endswith("@" + tag)}))
     if columns is None:

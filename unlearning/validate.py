@@ -59,6 +59,8 @@ def validate(cfg: DictConfig) -> Parts:
     check_method_on_data(cfg, method, data)
     check_evaluator_on_data(cfg, evaluator, data)
     check_generation(cfg)
+    if hasattr(evaluator, "check_generation"):  # e.g. OpenUnlearning-compatible scoring has no guided decoding
+        evaluator.check_generation(cfg.generation)
     check_objective(cfg, evaluator, data, attacks)
     check_subtraction(cfg)
     check_stage_paths(cfg)

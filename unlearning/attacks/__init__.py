@@ -93,10 +93,12 @@ def run_attacks(attacks: dict, evaluator, model, tok, data, ctx, reference: dict
             perturbed = attack.apply(fresh_copy(model), tok, held, ctx)
             # the remainder baselines only feed the recoveries of the forget metrics
             unlearned = forget_side.evaluate(model, tok, eval_data, ctx, reference=reference)["aggregates"]
-            target_model, _ = load_target()
-            target_rest = forget_side.evaluate(target_model.to(model.device), tok, eval_data, ctx,
-                                               reference=reference)["aggregates"]
-            del target_model
+            target_rest = {}
+            if load_target is not None:  # unlearning-eval without stage.target_path has no target: no recoveries
+                target_model, _ = load_target()
+                target_rest = forget_side.evaluate(target_model.to(model.device), tok, eval_data, ctx,
+                                                   reference=reference)["aggregates"]
+                del target_model
         elif getattr(attack, "data_only", False):  # paraphrase / icl: the same model, asked differently
             eval_data, unlearned, target_rest = attack.transform(evaluator, data), metrics, target or {}
             perturbed = model

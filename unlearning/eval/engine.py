@@ -39,6 +39,17 @@ class TokenScores:
         return float(-self.logp.mean()) if len(self.logp) else float("nan")
 
 
+MASKS = ("lengths", "not_pad")
+
+
+def _masked(batch: dict, pad_id: int, mask: str) -> dict:
+    """The batch's attention mask: from the sequence lengths (collate), or OpenUnlearning's `input_ids != pad_id`,
+    which also hides every in-sequence token equal to the pad id (every `<|im_end|>` where pad = eos)."""
+    if mask == "not_pad":
+        batch["attention_mask"] = (batch["input_ids"] != pad_id).long()
+    return batch
+
+
 def _batches(order: list[int], size: int):
     for i in range(0, len(order), size):
         yield order[i : i + size]
@@ -62,22 +73,31 @@ def _everyone(mine: dict, count: int) -> list:
 
 @torch.no_grad()
 def score(model, items: list[dict], pad_id: int, batch_size: int = 16, stats: bool = False,
-          bf16: bool = False, desc: str | None = None) -> list[TokenScores]:
-    """Teacher-forced scores of the labelled tokens of each encoded item (input_ids, labels)."""
+          bf16: bool = False, desc: str | None = None, mask: str = "lengths", sort: bool = True,
+          cross_entropy: bool = False) -> list[TokenScores]:
+    """Teacher-forced scores of the labelled tokens of each encoded item (input_ids, labels).
+
+    `sort=False` batches in data order, `mask="not_pad"` builds OpenUnlearning's mask and `cross_entropy=True`
+    takes log p from torch's cross_entropy over the transposed logits, as its `evaluate_probability` does
+    (`evaluator.compat`): in fp32 on CPU that log-softmax along a strided dimension is off the exact value by up to
+    ~1e-4 nats per item on a 49k vocabulary, which `label_stats` is not (README, "Parity with OpenUnlearning")."""
     from tqdm.auto import tqdm
 
     model.eval()
-    order = sorted(range(len(items)), key=lambda i: len(items[i]["input_ids"]))
+    order = sorted(range(len(items)), key=lambda i: len(items[i]["input_ids"])) if sort else list(range(len(items)))
     out: dict[int, TokenScores] = {}
     batches, shows = _my_batches(order, batch_size)
     for idx in tqdm(batches, desc=desc, disable=desc is None or not shows, leave=False):
         batch = collate([{"input_ids": items[i]["input_ids"], "labels": items[i]["labels"]} for i in idx], pad_id)
-        batch = {k: v.to(model.device) for k, v in batch.items()}
+        batch = {k: v.to(model.device) for k, v in _masked(batch, pad_id, mask).items()}
         with precision(model, bf16):
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         labels = batch["labels"][:, 1:]
         mask = labels != IGNORE
         lp, hit, mu, var = label_stats(logits[:, :-1][mask], labels[mask], stats)
+        if cross_entropy:
+            lp = -torch.nn.functional.cross_entropy(logits[:, :-1].float().transpose(1, 2), labels,
+                                                    ignore_index=IGNORE, reduction="none")[mask]
         lengths = mask.sum(1).tolist()
         start = 0
         for row, i in enumerate(idx):  # the labelled positions of row `row` are the next lengths[row] entries
@@ -137,19 +157,22 @@ def cut(text: str, stop_strings) -> str:
 @torch.no_grad()
 def greedy(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, batch_size: int = 16,
            stop_strings: list[str] | None = None, bf16: bool = False, desc: str | None = None,
-           negative_prompts: list[list[int]] | None = None, guidance=None) -> list[str]:
+           negative_prompts: list[list[int]] | None = None, guidance=None, mask: str = "lengths",
+           sort: bool = True, clean_up: bool | None = None) -> list[str]:
     """Batched greedy decoding with left padding; returns the decoded continuations, cut at stops.
 
     With `guidance` (a `unlearning.generation.Guidance` whose scale != 1) and
     `negative_prompts`, each step runs both contexts in one batched pass (CFG).
+    `mask`, `sort` as in `score`; `clean_up` is the decoder's clean_up_tokenization_spaces (None: the tokenizer's).
     """
     from tqdm.auto import tqdm
 
     model.eval()
     eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i])) if sort else list(range(len(prompts)))
     texts: dict[int, str] = {}
+    decode_kwargs = {} if clean_up is None else {"clean_up_tokenization_spaces": clean_up}
     guided = guidance is not None and guidance.active and negative_prompts is not None
     batches, shows = _my_batches(order, batch_size)
     for idx in tqdm(batches, desc=desc, disable=desc is None or not shows, leave=False):
@@ -161,7 +184,7 @@ def greedy(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, batc
                                 bf16=bf16, stop_strings=stop_strings, tokenizer=tokenizer)
         else:
             batch = collate([{"input_ids": prompts[i]} for i in idx], pad, padding_side="left")
-            batch = {k: v.to(model.device) for k, v in batch.items()}
+            batch = {k: v.to(model.device) for k, v in _masked(batch, pad, mask).items()}
             kwargs = {"tokenizer": tokenizer} if stop_strings else {}
             with precision(model, bf16):
                 gen = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
@@ -172,7 +195,7 @@ def greedy(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, batc
             toks = new[row]
             if eos in toks:
                 toks = toks[: toks.index(eos)]
-            texts[i] = cut(tokenizer.decode(toks, skip_special_tokens=True), stop_strings)
+            texts[i] = cut(tokenizer.decode(toks, skip_special_tokens=True, **decode_kwargs), stop_strings)
     return _everyone(texts, len(prompts))
 
 

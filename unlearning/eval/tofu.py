@@ -11,6 +11,7 @@ import numpy as np
 
 from unlearning.data.base import Example, encode
 from unlearning.eval import engine, memorization, metrics
+from unlearning.eval import openunlearning as ou
 
 # Which answer is "correct" for the truth ratio: TOFU compares perturbed answers with the
 # paraphrased answer on forget/retain, and with the original answer on real authors/world facts.
@@ -31,12 +32,17 @@ class TofuEvaluator:
     forget_metrics = ("forget_Q_A_Prob", "forget_Q_A_ROUGE", "forget_Truth_Ratio")  # attacks report recovery
     uses_reference = True
 
-    def __init__(self, batch_size: int = 16, max_new_tokens: int = 200, max_items: int | None = None,
-                 splits: list[str] | None = None, generate: bool = True, **unknown):
+    def __init__(self, batch_size: int | None = None, max_new_tokens: int = 200, max_items: int | None = None,
+                 splits: list[str] | None = None, generate: bool = True, compat: str | None = None, **unknown):
         from unlearning.errors import reject_unknown
 
-        reject_unknown("evaluator", "tofu", unknown, ["batch_size", "max_new_tokens", "max_items", "splits", "generate"])
-        self.batch_size, self.max_new_tokens, self.max_items = batch_size, max_new_tokens, max_items
+        reject_unknown("evaluator", "tofu", unknown, ["batch_size", "max_new_tokens", "max_items", "splits", "generate",
+                                                      "compat"])
+        # compat=openunlearning: OpenUnlearning's prompts, tokens, mask and batches (unlearning/eval/openunlearning.py)
+        self.compat = ou.check(compat, "evaluator.compat")
+        self.batch_size = batch_size or (ou.BATCH_SIZE if self.compat else 16)
+        self.mask = ou.MASK if self.compat else "lengths"  # `unlearning-bench parity` also runs compat with "lengths"
+        self.max_new_tokens, self.max_items = max_new_tokens, max_items
         self.splits = list(splits or SPLITS)
         self.generate = generate
         unknown = set(self.splits) - set(SPLITS)
@@ -44,6 +50,10 @@ class TofuEvaluator:
             from unlearning.errors import UserError
 
             raise UserError(f"evaluator.splits has unknown split(s) {sorted(unknown)}; use {sorted(SPLITS)}")
+
+    def check_generation(self, generation) -> None:
+        """Called in the validation phase: OpenUnlearning has no guided decoding to be compatible with."""
+        ou.check_unguided(self.compat, generation)
 
     def requires(self) -> list[str]:
         """The dataset's `extra` entries this evaluator reads (checked before any work)."""
@@ -83,8 +93,13 @@ class TofuEvaluator:
         return names
 
     def _avg_nll(self, model, tok, examples: list[Example], answers: list[str], bf16: bool, desc: str):
-        items = [encode(tok, ex, self.max_length, answer=a) for ex, a in zip(examples, answers)]
-        scores = engine.score(model, items, tok.pad_token_id, self.batch_size, bf16=bf16, desc=desc)
+        if self.compat:
+            items = [ou.encode(tok, ex.messages, a, self.system) for ex, a in zip(examples, answers)]
+            scores = engine.score(model, items, tok.pad_token_id, self.batch_size, bf16=bf16, desc=desc,
+                                  mask=self.mask, sort=False, cross_entropy=True)
+        else:
+            items = [encode(tok, ex, self.max_length, answer=a) for ex, a in zip(examples, answers)]
+            scores = engine.score(model, items, tok.pad_token_id, self.batch_size, bf16=bf16, desc=desc)
         return np.array([s.avg_nll for s in scores]), scores
 
     def evaluate(self, model, tokenizer, data, ctx=None, reference: dict | None = None) -> dict:
@@ -92,6 +107,7 @@ class TofuEvaluator:
         gen = getattr(ctx, "generation", None) or {}
         bf16 = gen.get("bf16", False)  # true, false or "auto" (unlearning/precision.py)
         self.max_length = getattr(ctx, "max_length", 512) if ctx is not None else 512
+        self.system = (gen.get("system_prompt") if hasattr(gen, "get") else None) or ou.SYSTEM_PROMPT
         aggregates: dict = {}
         per_item: dict = {}
         for split in self.splits:
@@ -135,8 +151,14 @@ class TofuEvaluator:
         if nlls["para"] is not None:
             out[f"{p}_Q_A_PARA_Prob"] = float(metrics.prob_from_avg_nll(nlls["para"]).mean())
             out[f"{p}_Q_A_PERT_Prob"] = float(metrics.prob_from_avg_nll(nlls["wrong"]).mean())
-        for row, pr in zip(rows, probs):
-            row["prob"] = float(pr)
+        answer_probs = metrics.prob_from_avg_nll(nlls["correct"])
+        wrong_probs = metrics.prob_from_avg_nll(nlls["wrong"])
+        para_probs = metrics.prob_from_avg_nll(nlls["para"]) if nlls["para"] is not None else None
+        for i, (row, pr) in enumerate(zip(rows, probs)):
+            row["prob"] = float(pr)  # the split's headline probability (normalised over the options on ra / wf)
+            row.update(answer_prob=float(answer_probs[i]), pert_probs=[float(x) for x in wrong_probs[i]])
+            if para_probs is not None:
+                row["para_prob"] = float(para_probs[i])
         return out
 
     @staticmethod
@@ -158,9 +180,16 @@ class TofuEvaluator:
                 f"{p}_extraction_strength": float(np.mean(es))}
 
     def _rouge(self, model, tok, split: str, examples: list[Example], gen, rows: list[dict]) -> dict:
-        outs = engine.answer(model, tok, [ex.messages for ex in examples], self.max_new_tokens, gen,
-                             desc=f"{split}: generate")
-        rouge = metrics.rouge_l(outs, [ex.answer for ex in examples])
+        if self.compat:  # OpenUnlearning's generation: its prompt and mask, batches of 32 in data order, left padding
+            prompts = [ou.prompt_ids(tok, ex.messages, self.system) for ex in examples]
+            outs = engine.greedy(model, tok, prompts, self.max_new_tokens, self.batch_size, bf16=gen.get("bf16", False),
+                                 desc=f"{split}: generate", mask=self.mask, sort=False, clean_up=True)
+            truths = [ou.ground_truth(tok, ex.messages, ex.answer, self.system) for ex in examples]
+        else:
+            outs = engine.answer(model, tok, [ex.messages for ex in examples], self.max_new_tokens, gen,
+                                 desc=f"{split}: generate")
+            truths = [ex.answer for ex in examples]
+        rouge = metrics.rouge_l(outs, truths)
         for row, o, r in zip(rows, outs, rouge):
             row.update(generation=o, rougeL_recall=r["rougeL_recall"], rougeL_f1=r["rougeL_f1"])
         return {f"{SPLITS[split]['prefix']}_Q_A_ROUGE": float(np.mean([r["rougeL_recall"] for r in rouge]))}

