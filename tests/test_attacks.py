@@ -69,6 +69,12 @@ def test_quantized_copy_is_evaluated_without_bf16_autocast(run_tiny, tmp_path, m
                    "evaluator.generate=false", "save_model=false", out=tmp_path / "bf16")
     assert rec["status"] == "ok", rec.get("error")
     assert rec["metrics"]["forget_Q_A_Prob@quant8"] > 0
+    # one precision for every term of the recovery: its baselines are measured without autocast too, i.e. they are
+    # the plain numbers of the same run evaluated in fp32
+    fp32 = run_tiny("evaluator.generate=false", "save_model=false", out=tmp_path / "fp32")["metrics"]
+    used = json.loads((tmp_path / "bf16" / "eval" / "tofu@quant8.json").read_text())["recovery_baselines"]
+    assert used["unlearned"]["forget_Q_A_Prob"] == pytest.approx(fp32["forget_Q_A_Prob"], abs=1e-12)
+    assert used["unlearned"]["forget_Q_A_Prob"] != rec["metrics"]["forget_Q_A_Prob"]  # the bf16 plain number
 
 
 def test_bad_attack_input_is_one_line_before_any_work(data_dir):
@@ -165,8 +171,21 @@ def test_paraphrase_and_icl_change_only_the_probes(data_dir):
 
     parts = validate(compose(PII + ["attack=[paraphrase,icl]", "attacks.icl.shots=1"]))
     probes = parts.data.extra["probes"]
-    unseen = parts.attacks["paraphrase"].transform(parts.evaluator, parts.data).extra["probes"]
-    assert unseen and len(unseen) < len(probes) and not any(p["seen"] for p in unseen)
+    para = parts.attacks["paraphrase"]
+    plain, asked = para.plain(parts.evaluator, parts.data).extra["probes"], para.transform(parts.evaluator, parts.data).extra["probes"]
+    # the same probes (id, person, PII type, value): every direct and completion probe, no continuation probe
+    assert [(p["id"], p["person"], p["type"], p["value"]) for p in asked] == \
+        [(p["id"], p["person"], p["type"], p["value"]) for p in plain]
+    assert {p["kind"] for p in plain} == {"direct", "completion"} and len(plain) == \
+        len([p for p in probes if p["kind"] != "continuation"]) < len(probes)
+    # ... in words that neither training nor the plain probes use
+    training = " ".join(m["content"] for ex in parts.data.target_train for m in ex.messages or []) + \
+        " ".join(ex.answer for ex in parts.data.target_train)
+    plain_words = {(p["messages"][-1]["content"], p["prefix"]) for p in probes}
+    for p in asked:
+        assert not p["seen"] and (p["messages"][-1]["content"], p["prefix"]) not in plain_words
+        assert (p["prefix"] or p["messages"][-1]["content"]) not in training
+    assert asked[0]["messages"][-1]["content"] == f"Which person does the address {parts.data.extra['people'][0]['email']} belong to?"
     for plain, shot in zip(probes, parts.attacks["icl"].transform(parts.evaluator, parts.data).extra["probes"]):
         assert shot["messages"][-len(plain["messages"]):] == plain["messages"]
         assert plain["value"] not in " ".join(m["content"] for m in shot["messages"][:2])  # another person's turn
@@ -225,3 +244,40 @@ def test_relearn_on_pii_evaluates_only_what_it_did_not_teach(data_dir):
     assert taught and len(rest.extra["probes"]) < len(parts.data.extra["probes"])
     assert not any((p["person"], p["type"]) in taught for p in rest.extra["probes"])
     assert parts.data.extra["probes"] is not rest.extra["probes"]  # the run's own data is left as it was
+
+
+class SubsetIdentity:
+    """A data-only attack that changes nothing: the first 3 forget questions, asked exactly as in the plain run."""
+
+    data_only, measure = True, "forget"
+
+    def plain(self, evaluator, data):
+        import dataclasses
+
+        return dataclasses.replace(data, extra={**data.extra, "forget": data.extra["forget"][:3]})
+
+    def transform(self, evaluator, data):
+        return self.plain(evaluator, data)
+
+
+def test_an_attack_that_changes_nothing_recovers_exactly_nothing(run_tiny, tmp_path):
+    """Every term of a recovery is measured on the same items under the same probes: a subset asked as before gives
+    recovery 0 exactly (measured against the whole forget set's numbers, it would not)."""
+    rec = run_tiny("+attacks.same._target_=test_attacks.SubsetIdentity", "save_model=false", out=tmp_path / "same")
+    m = rec["metrics"]
+    for key in ("forget_Q_A_Prob", "forget_Q_A_ROUGE", "forget_Truth_Ratio"):
+        assert m[f"{key}@same_recovery"] == 0.0, key
+    assert m["forget_Q_A_Prob@same"] != m["forget_Q_A_Prob"]  # 3 of the 6 items: the whole set's number differs
+    baselines = json.loads((tmp_path / "same" / "eval" / "tofu@same.json").read_text())["recovery_baselines"]
+    assert baselines["unlearned"]["forget_Q_A_Prob"] == m["forget_Q_A_Prob@same"]
+
+
+def test_forget_quality_compares_the_same_items_on_both_sides():
+    """forget_quality@relearn: the reference's truth ratios of the relearned items are left out too. Model items a, b
+    (TR 1, 1) against reference a, b (1, 1): identical samples, p-value 1 exactly; with the reference's c (TR 100)
+    kept, the KS statistic would be 1/3 and p < 1."""
+    from unlearning.eval.tofu import TofuEvaluator
+
+    rows = [{"id": "a", "truth_ratio": 1.0}, {"id": "b", "truth_ratio": 1.0}]
+    ref = {"per_item": {"forget": rows + [{"id": "c", "truth_ratio": 100.0}]}}
+    assert TofuEvaluator._summaries({}, {"forget": rows}, ref)["forget_quality"] == 1.0

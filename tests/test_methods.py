@@ -96,6 +96,20 @@ def test_retain_kl_hand_computed_and_masks_padding():
     assert retain_kl(logits, ref, labels).item() == pytest.approx(0.14384104, abs=1e-6)
 
 
+def test_retain_kl_ou_is_reference_to_model_over_every_position():
+    # OpenUnlearning's KL(p_ref || p_theta), batchmean over the 3 positions, labels play no part:
+    # pos 0: ref [.75,.25], p [.5,.5]: .75 ln 1.5 - .25 ln 2 = 0.1308120; pos 1: equal: 0;
+    # pos 2: ref [.5,.5], p [.75,.25]: -.5 ln 1.5 + .5 ln 2 = 0.1438410; (0.1308120 + 0.1438410) / 3 = 0.0915510.
+    from unlearning.methods.graddiff import retain_kl_ou
+
+    logits = torch.tensor([[[0.0, 0.0], [0.0, 0.0], [math.log(3.0), 0.0]]])
+    ref = torch.tensor([[[math.log(3.0), 0.0], [0.0, 0.0], [0.0, 0.0]]])
+    assert retain_kl_ou(logits, ref).item() == pytest.approx(0.0915510, abs=1e-6)
+    # these 3 positions are symmetric, so the direction shows on position 0 alone: KL(ref || p) = 0.1308120, where the
+    # `kl_answers` direction KL(p || ref) would be 0.1438410
+    assert retain_kl_ou(logits[:, :1], ref[:, :1]).item() == pytest.approx(0.1308120, abs=1e-6)
+
+
 def test_masked_mse_hand_computed():
     h = torch.tensor([[[1.0, 2.0], [3.0, 4.0]]])
     assert masked_mse(h, torch.zeros_like(h), torch.tensor([[1, 0]])).item() == pytest.approx(2.5)
@@ -180,6 +194,7 @@ def test_retain_term_lowers_retain_nll(tiny, method):
 
 def all_methods():
     return {"ga": GradientAscent(), "graddiff": GradDiff(), "graddiff_kl": GradDiff(retain_loss="kl"),
+            "graddiff_kl_answers": GradDiff(retain_loss="kl_answers"),
             "npo": NPO(), "simnpo": SimNPO(), "idk_dpo": IdkDPO(refusals=REFUSALS), "rmu": RMU(retain_weight=10.0)}
 
 

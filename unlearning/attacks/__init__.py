@@ -81,6 +81,17 @@ def fresh_copy(model):
     return clone
 
 
+def baselines_on(evaluator, model, tok, data, ctx, reference, load_target) -> tuple[dict, dict]:
+    """The unlearned and the target model's aggregates on these probes (recoveries compare like with like)."""
+    unlearned = evaluator.evaluate(model, tok, data, ctx, reference=reference)["aggregates"]
+    if load_target is None:  # unlearning-eval without stage.target_path: no target, no recoveries
+        return unlearned, {}
+    target_model, _ = load_target()
+    target = evaluator.evaluate(target_model.to(model.device), tok, data, ctx, reference=reference)["aggregates"]
+    del target_model
+    return unlearned, target
+
+
 def run_attacks(attacks: dict, evaluator, model, tok, data, ctx, reference: dict | None, metrics: dict,
                 target: dict | None, load_target=None) -> dict:
     """Suffixed metrics of every attack (and recoveries of the evaluator's forget metrics)."""
@@ -92,22 +103,24 @@ def run_attacks(attacks: dict, evaluator, model, tok, data, ctx, reference: dict
             held, eval_data = attack.split(evaluator, data)
             perturbed = attack.apply(fresh_copy(model), tok, held, ctx)
             # the remainder baselines only feed the recoveries of the forget metrics
-            unlearned = forget_side.evaluate(model, tok, eval_data, ctx, reference=reference)["aggregates"]
-            target_rest = {}
-            if load_target is not None:  # unlearning-eval without stage.target_path has no target: no recoveries
-                target_model, _ = load_target()
-                target_rest = forget_side.evaluate(target_model.to(model.device), tok, eval_data, ctx,
-                                                   reference=reference)["aggregates"]
-                del target_model
+            unlearned, target_rest = baselines_on(forget_side, model, tok, eval_data, ctx, reference, load_target)
         elif getattr(attack, "data_only", False):  # paraphrase / icl: the same model, asked differently
-            eval_data, unlearned, target_rest = attack.transform(evaluator, data), metrics, target or {}
-            perturbed = model
+            eval_data, perturbed = attack.transform(evaluator, data), model
+            # like for like: the baselines are the same items asked plainly (PII paraphrase: a subset of the probes)
+            plain = attack.plain(evaluator, data) if hasattr(attack, "plain") else data
+            unlearned, target_rest = metrics, target or {}
+            if plain is not data:
+                unlearned, target_rest = baselines_on(forget_side, model, tok, plain, ctx, reference, load_target)
         else:
             eval_data, unlearned, target_rest = data, metrics, target or {}
             perturbed = attack.apply(fresh_copy(model), tok, data, ctx)
         attack_ctx = ctx if getattr(attack, "autocast", True) else without_autocast(ctx)
+        if attack_ctx is not ctx:  # one precision for every term: the baselines again without bf16 autocast
+            unlearned, target_rest = baselines_on(scope(evaluator, attack), model, tok, eval_data, attack_ctx,
+                                                  reference, load_target)
         result = scope(evaluator, attack).evaluate(perturbed, tok, eval_data, attack_ctx, reference=reference)
         del perturbed
+        result["recovery_baselines"] = {"unlearned": unlearned, "target": target_rest}  # what recoveries divide by
         if getattr(ctx, "out_dir", None) is not None:
             write_json(ctx.out_dir / "eval" / f"{evaluator.name}@{name}.json", result)
         for key, value in result["aggregates"].items():

@@ -201,6 +201,9 @@ class TofuEvaluator:
         if all(k in aggregates for k in UTILITY):
             out["model_utility"] = metrics.harmonic_mean(aggregates[k] for k in UTILITY)
         ref_rows = (reference or {}).get("per_item", {}).get("forget")
+        if ref_rows and "forget" in per_item:  # the same items on both sides (relearn evaluates a remainder)
+            ids = {r["id"] for r in per_item["forget"]}
+            ref_rows = [r for r in ref_rows if r["id"] in ids]
         if ref_rows and "forget" in per_item:
             out["forget_quality"] = metrics.forget_quality([r["truth_ratio"] for r in per_item["forget"]],
                                                            [r["truth_ratio"] for r in ref_rows])

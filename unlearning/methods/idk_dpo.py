@@ -77,7 +77,9 @@ def shared_prompt_logps(model, batch: dict) -> tuple | None:
             k = int(mask[i].sum())
             cont[i, :k], cmask[i, :k] = seq[i, s : s + k], 1
         pos = starts.unsqueeze(1) + torch.arange(n, device=seq.device).unsqueeze(0)
-        cache.crop(width - cache.get_seq_length())  # drop the previous continuation (a negative count removes)
+        extra = cache.get_seq_length() - width  # the previous continuation, if any: drop it, keep the prompt
+        if extra > 0:  # crop(-n) removes n tokens on every allowed version; crop(0) would empty the cache on 4.56-4.57
+            cache.crop(-extra)
         logits = model(input_ids=cont, attention_mask=torch.cat([pmask, cmask], 1), position_ids=pos,
                        past_key_values=cache, use_cache=True).logits
         # Token j of the answer is predicted at answer position j-1, the first one at the prompt's end.
