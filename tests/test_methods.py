@@ -223,6 +223,45 @@ def test_two_steps(tiny, name, lora):
             assert all(".layers.0." in k or ".layers.1." in k for k in changed)
 
 
+def test_rmu_mse_normalised_over_tokens_or_per_sequence():
+    # per-token MSE over the hidden dim: sequence A 2.5, 12.5; sequence B 2 (its second token is masked out).
+    # tokens: (2.5 + 12.5 + 2) / 3 = 5.6667; sequences (OpenUnlearning): ((2.5 + 12.5) / 2 + 2 / 1) / 2 = 4.75
+    h = torch.tensor([[[1.0, 2.0], [3.0, 4.0]], [[0.0, 2.0], [9.0, 9.0]]])
+    mask = torch.tensor([[1, 1], [1, 0]])
+    assert masked_mse(h, torch.zeros_like(h), mask).item() == pytest.approx(17 / 3)
+    assert masked_mse(h, torch.zeros_like(h), mask, "sequences").item() == pytest.approx(4.75)
+
+
+def test_rmu_presets_train_wmdps_or_openunlearnings_parameters(tiny):
+    """rmu (WMDP): only the MLP down-projections of the update layers; rmu_ou (OpenUnlearning): every parameter."""
+    from conftest import compose
+    from hydra.utils import instantiate
+
+    def trained(method):
+        model, _ = fresh(tiny)
+        method.update_idx = method.resolve_layers(model)[1]
+        method.trainable(model)
+        return sorted(k for k, p in model.named_parameters() if p.requires_grad)
+
+    wmdp = instantiate(compose(["method=rmu"]).method)
+    assert (wmdp.steering_coeff, wmdp.retain_weight, wmdp.normalise) == (6.5, 1200.0, "tokens")
+    assert trained(wmdp) == ["model.layers.0.mlp.down_proj.weight", "model.layers.1.mlp.down_proj.weight"]
+    ou = instantiate(compose(["method=rmu_ou", "method.layer=2"]).method)
+    assert (ou.steering_coeff, ou.retain_weight, ou.normalise, ou.update_layers) == (2.0, 1.0, "sequences", "all")
+    model, _ = fresh(tiny)
+    assert trained(ou) == sorted(k for k, _ in model.named_parameters())
+
+
+def test_rmu_layer_checked_against_the_model_before_any_work(data_dir):
+    from conftest import compose
+
+    from unlearning.validate import validate
+
+    with pytest.raises(UserError, match=r"method\.layer=7 is out of range: this model has 4 decoder layers"):
+        validate(compose(["method=rmu_ou"]))  # OpenUnlearning's layer 7 on the 4-layer tiny model
+    validate(compose(["method=rmu_ou", "model=smollm2_135m"]))  # 30 layers
+
+
 def test_rmu_default_layer_scales_with_depth(tiny):
     model, _ = tiny
     assert RMU().resolve_layers(model) == (1, [0, 1])  # round(7/32 * 4) = 1

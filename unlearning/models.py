@@ -89,6 +89,18 @@ def load_folder(path: str | Path, dtype: str = "float32", attn_implementation: s
     return model, finish_tokenizer(tok)
 
 
+def config_depth(folder: Path) -> int | None:
+    """num_hidden_layers from an HF folder's config.json, without loading weights."""
+    import json
+
+    try:
+        cfg = json.loads((Path(folder) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    depth = cfg.get("num_hidden_layers", cfg.get("text_config", {}).get("num_hidden_layers"))
+    return int(depth) if isinstance(depth, int) else None
+
+
 def finish_tokenizer(tok):
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
@@ -119,6 +131,10 @@ class TinyLlama:
     def load_kwargs(self) -> dict:
         """How any checkpoint of this model loads (the stages, the model to unlearn, the baselines)."""
         return {"dtype": self.dtype, "attn_implementation": self.attn}
+
+    def depth(self) -> int:
+        """Decoder layers, known before any weights load (the validation phase checks layer options with it)."""
+        return int(self.cfg["num_layers"])
 
     def fingerprint(self) -> dict:
         # The corpus (which the tokenizer is trained on) is hashed by the stage key itself.
@@ -182,6 +198,9 @@ class SmolLM2:
         """How any checkpoint of this model loads (the stages, the model to unlearn, the baselines)."""
         return {"dtype": self.dtype, "attn_implementation": self.attn}
 
+    def depth(self) -> int:
+        return 30  # SmolLM2-135M's num_hidden_layers
+
     def fingerprint(self) -> dict:
         return {"kind": "smollm2", "file": self.FILE}
 
@@ -238,6 +257,10 @@ class HFModel:
     def load_kwargs(self) -> dict:
         """How any checkpoint of this model loads (the stages, the model to unlearn, the baselines)."""
         return {"dtype": self.dtype, "attn_implementation": self.attn, "trust_remote_code": self.trust}
+
+    def depth(self) -> int | None:
+        """num_hidden_layers of a local folder's config.json (None for a hub id: known only once it loads)."""
+        return config_depth(Path(self.path).expanduser()) if self.local else None
 
     def fingerprint(self) -> dict:
         p = Path(self.path).expanduser()

@@ -57,6 +57,7 @@ def validate(cfg: DictConfig) -> Parts:
     check_steps(finetune, len(data.target_train), "model.finetune")
     method.check(bool(data.retain))
     check_method_on_data(cfg, method, data)
+    check_method_on_model(cfg, method, spec)
     check_evaluator_on_data(cfg, evaluator, data)
     check_generation(cfg)
     if hasattr(evaluator, "check_generation"):  # e.g. OpenUnlearning-compatible scoring has no guided decoding
@@ -72,6 +73,19 @@ def validate(cfg: DictConfig) -> Parts:
     check_distributed(cfg, distributed, method, attacks)
     check_resume(cfg)
     return Parts(data, spec, method, evaluator, logger, unlearn, finetune, attacks, distributed)
+
+
+def check_method_on_model(cfg: DictConfig, method, spec) -> None:
+    """Options that depend on the model's shape (RMU's layers), from its config alone: the model to unlearn is the
+    given target's, else the preset's."""
+    if not hasattr(method, "check_depth"):
+        return
+    from unlearning.models import config_depth
+
+    target = cfg.stage.get("target_path")
+    depth = config_depth(target) if target else (spec.depth() if hasattr(spec, "depth") else None)
+    if depth is not None:
+        method.check_depth(depth)
 
 
 def check_distributed(cfg: DictConfig, distributed, method, attacks: dict) -> None:

@@ -54,34 +54,60 @@ def layer_output(model, layer: nn.Module, batch: dict, prefix: str = "") -> torc
     return seen["h"]
 
 
-def masked_mse(h: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean over masked tokens of the mean squared error over the hidden dimension."""
-    per_token = (h.float() - target.float()).square().mean(-1)
-    return (per_token * mask).sum() / mask.sum().clamp(min=1)
+NORMALISE = ("tokens", "sequences")
+WMDP_PARAMS = r"mlp\.down_proj\."  # WMDP's rmu/unlearn.py: param_ids=[6], the MLP down-projections (their LoRA adapters)
+
+
+def masked_mse(h: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, normalise: str = "tokens") -> torch.Tensor:
+    """The squared error averaged over the hidden dimension, then over the masked tokens of the batch (`tokens`), or
+    over each sequence's masked tokens and then over sequences (`sequences`: OpenUnlearning's
+    compute_activation_loss, src/trainer/unlearn/rmu.py)."""
+    mask = mask.float()
+    per_token = (h.float() - target.float()).square().mean(-1) * mask
+    if normalise == "sequences":
+        return (per_token.sum(1) / mask.sum(1).clamp(min=1)).mean()
+    return per_token.sum() / mask.sum().clamp(min=1)
 
 
 class RMU(Method):
     name = "rmu"
 
-    def __init__(self, layer: int | None = None, update_layers: list[int] | None = None, steering_coeff: float = 6.5,
-                 retain_weight: float = 1200.0, params: str | None = None, seed: int = 0, **unknown):
-        reject_unknown(self.name, unknown, ["layer", "update_layers", "steering_coeff", "retain_weight", "params", "seed"])
+    def __init__(self, layer: int | None = None, update_layers: list[int] | str | None = None, steering_coeff: float = 6.5,
+                 retain_weight: float = 1200.0, params: str | None = WMDP_PARAMS, seed: int = 0,
+                 normalise: str = "tokens", **unknown):
+        reject_unknown(self.name, unknown, ["layer", "update_layers", "steering_coeff", "retain_weight", "params", "seed",
+                                            "normalise"])
         require_positive(self.name, "steering_coeff", steering_coeff)
         if retain_weight < 0:
             raise UserError(f"method.retain_weight={retain_weight} must be >= 0 (conf/method/rmu.yaml)")
-        self.layer, self.update_layers = layer, list(update_layers) if update_layers is not None else None
+        if normalise not in NORMALISE:
+            raise UserError(f"method.normalise={normalise!r} must be one of {list(NORMALISE)} (tokens: over the batch's "
+                            "answer tokens; sequences: per sequence first, as OpenUnlearning)")
+        if isinstance(update_layers, str) and update_layers != "all":
+            raise UserError(f"method.update_layers={update_layers!r}: give a list of layer indices, null, or all")
+        self.normalise = normalise
+        self.layer = layer
+        self.update_layers = update_layers if update_layers in (None, "all") else list(update_layers)
         self.steering_coeff, self.retain_weight, self.params, self.seed = float(steering_coeff), float(retain_weight), params, seed
         self.needs_retain = self.retain_weight > 0
         self.control = None
         self.reference = None
 
-    def resolve_layers(self, model) -> tuple[int, list[int]]:
-        depth = decoder_layers(model).__len__()
+    def resolve_layers(self, model) -> tuple[int, list[int] | str]:
+        return self.layers_for(len(decoder_layers(model)))
+
+    def check_depth(self, depth: int) -> None:
+        """The validation phase: the layers exist in this model (its config's num_hidden_layers)."""
+        self.layers_for(depth)
+
+    def layers_for(self, depth: int) -> tuple[int, list[int] | str]:
         # The paper's layer 7 of 32, scaled to this model's depth.
         layer = self.layer if self.layer is not None else round(PAPER_LAYER / PAPER_DEPTH * depth)
         update = self.update_layers if self.update_layers is not None else [i for i in (layer - 2, layer - 1, layer) if i >= 0]
         if not 0 <= layer < depth:
             raise UserError(f"method.layer={layer} is out of range: this model has {depth} decoder layers (0..{depth - 1})")
+        if update == "all":  # every parameter (OpenUnlearning's default); those above `layer` get no gradient
+            return layer, update
         bad = [i for i in update if not 0 <= i <= layer]
         if bad or not update:
             raise UserError(f"method.update_layers={update} must be non-empty layer indices in 0..{layer} "
@@ -108,8 +134,9 @@ class RMU(Method):
 
         layers = decoder_layers(model)
         keep = set()
-        for i in self.update_idx:
-            for name, p in layers[i].named_parameters():
+        scopes = [model] if self.update_idx == "all" else [layers[i] for i in self.update_idx]
+        for scope in scopes:
+            for name, p in scope.named_parameters():
                 if self.params is None or re.search(self.params, name):
                     keep.add(id(p))
         if not keep:
@@ -124,7 +151,7 @@ class RMU(Method):
         f = batch["forget"]
         layer = decoder_layers(model)[self.layer_idx]
         h = layer_output(model, layer, f)
-        forget = masked_mse(h, self.control.expand_as(h), f["labels"] != IGNORE)
+        forget = masked_mse(h, self.control.expand_as(h), f["labels"] != IGNORE, self.normalise)
         loss, logs = forget, {"forget_mse": forget.item()}
         if self.needs_retain:
             r = batch["retain"]
@@ -132,7 +159,7 @@ class RMU(Method):
             with self.reference(model) as ref:
                 frozen_layer = self.frozen_layer if self.reference.copy is not None else layer
                 frozen = layer_output(ref, frozen_layer, r)
-            retain = masked_mse(h_r, frozen, r["labels"] != IGNORE)
+            retain = masked_mse(h_r, frozen, r["labels"] != IGNORE, self.normalise)
             loss = loss + self.retain_weight * retain
             logs["retain_mse"] = retain.item()
         return loss, logs
