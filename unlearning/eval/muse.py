@@ -19,6 +19,7 @@ import re
 from unlearning.data.base import IGNORE
 from unlearning.errors import UserError
 from unlearning.eval import engine, metrics, mia
+from unlearning.eval import openunlearning as ou
 from unlearning.eval.memorization import exact_memorization, extraction_strength
 from unlearning.eval.metrics import mean_or_none
 
@@ -46,12 +47,15 @@ class MuseEvaluator:
     def __init__(self, max_length: int = 1024, verbmem_max_new_tokens: int = 128, knowmem_max_new_tokens: int = 32,
                  icl_shots: int | None = None, verbmem_prompt_tokens: int | None = None, mia_k: float = 0.4,
                  max_items: int | None = None, privleak_reference_auc: float | None = None,
-                 batch_size: int | None = None, **unknown):
+                 batch_size: int | None = None, compat: str | None = None, **unknown):
         from unlearning.errors import reject_unknown
 
         reject_unknown("evaluator", "muse", unknown, ["max_length", "verbmem_max_new_tokens", "knowmem_max_new_tokens",
                                                       "icl_shots", "verbmem_prompt_tokens", "mia_k", "max_items",
-                                                      "privleak_reference_auc", "batch_size"])
+                                                      "privleak_reference_auc", "batch_size", "compat"])
+        # compat=openunlearning: its tokens (special tokens, 2048-token texts, the space before VerbMem's ground truth),
+        # chat-template KnowMem, `!= pad` mask, batch sizes and scored positions (unlearning/eval/openunlearning.py)
+        self.compat = ou.check(compat, "evaluator.compat")
         if not 0 < mia_k <= 1:
             raise UserError(f"evaluator.mia_k={mia_k} must be in (0, 1] (MUSE uses 0.4)")
         if privleak_reference_auc is not None and not 0 <= privleak_reference_auc < 1:
@@ -60,6 +64,10 @@ class MuseEvaluator:
         self.verbmem_new, self.knowmem_new = verbmem_max_new_tokens, knowmem_max_new_tokens
         self.icl_shots, self.verbmem_prompt_tokens = icl_shots, verbmem_prompt_tokens
         self.privleak_reference_auc, self.batch_size = privleak_reference_auc, batch_size
+
+    def check_generation(self, generation) -> None:
+        """Called in the validation phase: OpenUnlearning has no guided decoding to be compatible with."""
+        ou.check_unguided(self.compat, generation)
 
     def requires(self) -> list[str]:
         """The dataset's `extra` entries this evaluator reads (checked before any work)."""
@@ -104,9 +112,14 @@ class MuseEvaluator:
         self.bf16 = gen.get("bf16", False)
         agg: dict = {}
         per_item: dict = {}
-        self._verbmem(model, tokenizer, data.extra, agg, per_item)
-        for split in ("forget", "retain"):
-            self._knowmem(model, tokenizer, data.extra, split, agg, per_item)
+        if self.compat:
+            self._verbmem_ou(model, tokenizer, data.extra, agg, per_item)
+            for split in ("forget", "retain"):
+                self._knowmem_ou(model, tokenizer, data.extra, split, agg, per_item)
+        else:
+            self._verbmem(model, tokenizer, data.extra, agg, per_item)
+            for split in ("forget", "retain"):
+                self._knowmem(model, tokenizer, data.extra, split, agg, per_item)
         self._mia(model, tokenizer, data.extra, agg, per_item)
         ref_auc = (reference or {}).get("aggregates", {}).get("mia_min_k")
         if ref_auc is None:
@@ -164,6 +177,44 @@ class MuseEvaluator:
         per_item[f"knowmem_{split}"] = out
         agg[f"{split}_knowmem_ROUGE"] = mean_or_none(r["rougeL_f1"] for r in out)
 
+    def _verbmem_ou(self, model, tok, extra, agg, per_item):
+        """VerbMem as OpenUnlearning: prompt + " " + gt with special tokens, 128 new tokens from the prompt (batch 8,
+        left padding, data order), ROUGE-L F1 against the decoded ground truth; EM / ES teacher-forced on it."""
+        rows = self._take(extra.get("verbmem", []))
+        if not rows:
+            return
+        items = [ou.completion(tok, r["prompt"], r["gt"], insert_space=True) for r in rows]
+        bs = ou.MUSE_BATCH["verbmem"]
+        outs = engine.greedy(model, tok, [it["prefix_ids"] for it in items], self.verbmem_new, bs, None, self.bf16,
+                             desc="muse verbmem", mask=ou.MASK, sort=False, clean_up=True)
+        rouge = metrics.rouge_l(outs, [ou.completion_truth(tok, it) for it in items])
+        scores = engine.score(model, [{"input_ids": it["input_ids"], "labels": it["labels"]} for it in items],
+                              tok.pad_token_id, bs, bf16=self.bf16, desc="muse verbmem em", mask=ou.MASK, sort=False)
+        out = [{"id": r["id"], "generation": o, "gt": r["gt"], "rougeL_f1": rg["rougeL_f1"],
+                "exact_memorization": exact_memorization(s.hit[:-1]), "extraction_strength": extraction_strength(s.hit[:-1])}
+               for r, o, rg, s in zip(rows, outs, rouge, scores)]
+        per_item["verbmem_forget"] = out
+        agg["forget_verbmem_ROUGE"] = mean_or_none(r["rougeL_f1"] for r in out)
+        agg["exact_memorization"] = mean_or_none(r["exact_memorization"] for r in out)
+        agg["extraction_strength"] = mean_or_none(r["extraction_strength"] for r in out)
+
+    def _knowmem_ou(self, model, tok, extra, split, agg, per_item):
+        """KnowMem as OpenUnlearning's record on a chat model: the ICL pairs as earlier chat turns under its system
+        prompt, 32 greedy tokens (batch 16, left padding, `!= pad` mask), cut at its stop strings; ROUGE-L F1."""
+        rows = self._take(extra.get(f"knowmem_{split}", []))
+        if not rows:
+            return
+        icl = list(extra.get(f"knowmem_{split}_icl", []))[: self.icl_shots]
+        msgs = [ou.icl_messages(icl, r["question"]) for r in rows]
+        outs = engine.greedy(model, tok, [ou.prompt_ids(tok, m) for m in msgs], self.knowmem_new,
+                             ou.MUSE_BATCH["knowmem"], ou.MUSE_KNOWMEM_STOPS, self.bf16, desc=f"muse knowmem {split}",
+                             mask=ou.MASK, sort=False, clean_up=True)
+        rouge = metrics.rouge_l(outs, [ou.ground_truth(tok, m, r["answer"]) for m, r in zip(msgs, rows)])
+        out = [{"id": r["id"], "question": r["question"], "answer": r["answer"], "generation": o,
+                "rougeL_f1": rg["rougeL_f1"]} for r, o, rg in zip(rows, outs, rouge)]
+        per_item[f"knowmem_{split}"] = out
+        agg[f"{split}_knowmem_ROUGE"] = mean_or_none(r["rougeL_f1"] for r in out)
+
     def _mia(self, model, tok, extra, agg, per_item):
         sides = {s: self._take(extra.get(f"privleak_{s}", [])) for s in ("forget", "holdout")}
         if not sides["forget"] or not sides["holdout"]:
@@ -171,10 +222,17 @@ class MuseEvaluator:
         for side, rows in sides.items():
             items = []
             for r in rows:
+                if self.compat:  # special tokens, 2048 text tokens; the last labelled token is not scored (below)
+                    it = ou.completion(tok, "", r["text"])
+                    items.append({"input_ids": it["input_ids"], "labels": it["labels"]})
+                    continue
                 ids = _ids(tok, r["text"])[: self.max_length]
                 items.append({"input_ids": ids, "labels": [IGNORE] + ids[1:]})
-            ts = engine.score(model, items, tok.pad_token_id, self.bs, stats=True, bf16=self.bf16,
-                              desc=f"muse mia {side}")
+            ts = engine.score(model, items, tok.pad_token_id, ou.MUSE_BATCH["mia"] if self.compat else self.bs,
+                              stats=True, bf16=self.bf16, desc=f"muse mia {side}",
+                              **({"mask": ou.MASK, "sort": False} if self.compat else {}))
+            if self.compat:  # OpenUnlearning's tokenwise_logprobs drops the last labelled position ("eos prediction")
+                ts = [engine.TokenScores(t.logp[:-1], t.hit[:-1], t.mu[:-1], t.var[:-1]) for t in ts]
             # zlib uses the text actually scored (after truncation), as OpenUnlearning decodes input_ids.
             per_item[f"privleak_{side}"] = [
                 {"id": r["id"], **mia.scores(s, tok.decode(it["input_ids"], skip_special_tokens=True), self.mia_k)}

@@ -79,3 +79,32 @@ def ground_truth(tok, messages: list[dict], answer: str, system: str = SYSTEM_PR
     full = tok.decode(item["input_ids"], **kw)
     prompt = tok.decode(prompt_ids(tok, messages, system), **kw)
     return full.replace(prompt, "").strip()
+
+
+# MUSE (configs/eval/muse_metrics/*, src/data/utils.py `preprocess_pretraining_instance`)
+MUSE_MAX_LENGTH = 2048
+MUSE_KNOWMEM_STOPS = ["\n\n", "\nQuestion", "Question:"]
+MUSE_BATCH = {"knowmem": 16, "verbmem": 8, "mia": 8}
+
+
+def completion(tok, prefix: str, text: str, insert_space: bool = False, max_length: int = MUSE_MAX_LENGTH) -> dict:
+    """OpenUnlearning's raw-text item: prefix and prefix + text tokenized with the tokenizer's special tokens, the
+    text cut at `max_length` tokens, labels on the text (never on index 0)."""
+    full = _ids(tok(prefix + (" " if insert_space else "") + text, add_special_tokens=True))
+    prefix_ids = _ids(tok(prefix, add_special_tokens=True))
+    full = full[: len(prefix_ids) + max_length]
+    start = max(len(prefix_ids), 1)
+    return {"prefix_ids": prefix_ids, "input_ids": full, "labels": [IGNORE] * start + full[start:]}
+
+
+def completion_truth(tok, item: dict) -> str:
+    """VerbMem's reference text as `eval_text_similarity` rebuilds it: the decoded sequence minus the decoded prefix."""
+    kw = {"skip_special_tokens": True, "clean_up_tokenization_spaces": True}
+    return tok.decode(item["input_ids"], **kw).replace(tok.decode(item["prefix_ids"], **kw), "").strip()
+
+
+def icl_messages(icl: list[dict], question: str) -> list[dict]:
+    """KnowMem with a chat template: the in-context pairs as earlier user / assistant turns, then the question."""
+    turns = [m for q in icl for m in ({"role": "user", "content": q["question"]},
+                                      {"role": "assistant", "content": q["answer"]})]
+    return turns + [{"role": "user", "content": question}]
