@@ -62,7 +62,7 @@ figures-pii-seed: $(VENV)/.installed
 	$(VENV)/bin/unlearning experiment=pii_orpo_cfg subtraction.enabled=true '$(SEED_S)' hydra.run.dir=$(FIG)/seed_orpo_cfg_sub
 	$(VENV)/bin/unlearning-table $(FIG)/seed_orpo $(FIG)/seed_orpo_cfg $(FIG)/seed_orpo_cfg_sub \
 	  --labels "ORPO (plain pairs),ORPO CFG-aware,ORPO CFG-aware + subtraction" --columns $(PII_COLS) \
-	  --update README.md --marker pii_seed
+	  --update docs/orpo_cfg.md --marker pii_seed
 
 # The seed's table at the benchmark's own size (issue 12): 20 people, 10 PII types, model-written replacements,
 # every gamma and every attack. Resumable: re-running it skips finished rows and resumes the interrupted one.
@@ -73,14 +73,14 @@ figures-pii-paper: $(VENV)/.installed
 	$(VENV)/bin/unlearning -m experiment=pii_paper subtraction.enabled=true resume=true hydra.sweep.dir=$(FIG)/pii_paper_sub
 	$(VENV)/bin/unlearning-table $(FIG)/pii_paper/1 $(FIG)/pii_paper/0 $(FIG)/pii_paper_sub/0 \
 	  --labels "ORPO (plain pairs),ORPO CFG-aware,ORPO CFG-aware + subtraction" --columns $(PAPER_COLS) \
-	  --update README.md --marker pii_paper
+	  --update docs/orpo_cfg.md --marker pii_paper
 
 # TOFU forget01, NPO and SimNPO on SmolLM2, the whole evaluation (400 retain questions) and every attack (issue 12).
 TOFU_COLS := forget_quality,model_utility,forget_Q_A_Prob,forget_Q_A_ROUGE,forget_Truth_Ratio,retain_Q_A_Prob,retain_Q_A_ROUGE,ra_Q_A_Prob_normalised,wf_Q_A_Prob_normalised
 figures-tofu-full: $(VENV)/.installed
 	$(VENV)/bin/unlearning -m experiment=tofu_smollm2_full method=npo,simnpo resume=true hydra.sweep.dir=$(FIG)/tofu_full
 	$(VENV)/bin/unlearning-table $(FIG)/tofu_full/0 $(FIG)/tofu_full/1 --labels NPO,SimNPO --columns $(TOFU_COLS) \
-	  --update README.md --marker tofu_full
+	  --update docs/orpo_cfg.md --marker tofu_full
 
 figures-bench: $(VENV)/.installed
 	mkdir -p $(FIG)

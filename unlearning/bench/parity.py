@@ -54,6 +54,8 @@ def parse_args(argv):
     p.add_argument("--reference", default=str(here.parent / "shared" / "reference" / "ou_tofu_forget01_smollm2"))
     p.add_argument("--data-dir", default=os.environ.get("UNLEARNING_DATA_DIR"))
     p.add_argument("--out", default="outputs/parity", help="folder for each mode's result (JSON)")
+    p.add_argument("--from", dest="saved", help="print the table from a folder an earlier run wrote (its <mode>.json), "
+                   "evaluating nothing")
     return p.parse_args(argv)
 
 
@@ -148,6 +150,13 @@ def main(argv=None) -> int:
     from unlearning.models import SmolLM2
 
     ref = json.loads(ref_file.read_text())
+    if args.saved:
+        results = {m: json.loads((Path(args.saved) / f"{m}.json").read_text()) for m in modes
+                   if (Path(args.saved) / f"{m}.json").is_file()}
+        print(f"# TOFU forget01, SmolLM2-135M-Instruct, fp32; modes read from {args.saved}; "
+              "OU = OpenUnlearning d3d7cf9's own output")
+        print("\n".join(table(results, ref)))
+        return 0
     model, tok = SmolLM2().load()
     data = load_tofu("forget01", data_dir=args.data_dir)
     out = Path(args.out)
