@@ -34,9 +34,17 @@ _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bf
 
 
 def torch_dtype(name: str) -> torch.dtype:
+    if name == "auto":  # the validation phase resolves it (precision.resolve_auto); bf16 weights on a CUDA GPU
+        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
     if name not in _DTYPES:
-        raise UserError(f"model.dtype={name!r} is not a dtype; use one of {sorted(_DTYPES)}")
+        raise UserError(f"model.dtype={name!r} is not a dtype; use one of {sorted(_DTYPES)} or auto "
+                        "(bfloat16 on a CUDA GPU, float32 on CPU)")
     return _DTYPES[name]
+
+
+def _dtype_key(dtype: str) -> dict:
+    """The weights' dtype in a stage key (float32, the default, adds nothing: older cached stages keep their key)."""
+    return {} if dtype in ("float32", "fp32") else {"dtype": dtype}
 
 
 def _model_keys(name: str, run_keys: dict, known: list[str]) -> None:
@@ -69,24 +77,26 @@ def check_attn(name: str | None) -> str | None:
 
 
 def load_folder(path: str | Path, dtype: str = "float32", attn_implementation: str | None = None,
-                trust_remote_code: bool = False):
-    """Load an HF-format folder (a stage or a user checkpoint) with its tokenizer."""
+                trust_remote_code: bool = False, revision: str | None = None, tokenizer: dict | None = None):
+    """Load an HF-format folder (a stage or a user checkpoint) or hub id with its tokenizer; `tokenizer` holds a
+    model preset's chat_template / eos_token / pad_token overrides."""
     from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kwargs = {"dtype": torch_dtype(dtype), "trust_remote_code": trust_remote_code}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
+    hub = {"revision": revision} if revision else {}
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
-        tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs, **hub)
+        tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code, **hub)
     except (OSError, ValueError, RuntimeError, SafetensorError) as e:
         if not Path(str(path)).expanduser().exists():
             raise  # a hub id: the caller words it
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"cannot load the model in {path}: {first} (a truncated or corrupt weights file? rebuild it: "
                         "delete the folder if it is a cached stage, or fix the path you gave)") from None
-    return model, finish_tokenizer(tok)
+    return model, finish_tokenizer(tok, **(tokenizer or {}))
 
 
 def config_depth(folder: Path) -> int | None:
@@ -101,9 +111,21 @@ def config_depth(folder: Path) -> int | None:
     return int(depth) if isinstance(depth, int) else None
 
 
-def finish_tokenizer(tok):
+def finish_tokenizer(tok, chat_template: str | None = None, eos_token: str | None = None, pad_token: str | None = None):
+    """The tokens a run relies on: `eos_token` closes every answer (and stops generation), so a preset names a
+    model's end-of-turn token where its tokenizer's eos is another (Phi-3.5's `<|end|>`, Gemma's `<end_of_turn>`);
+    a pad token (the eos when the tokenizer has none); a chat template (ChatML when the tokenizer has none)."""
+    if eos_token is not None:
+        if tok.convert_tokens_to_ids(eos_token) in (None, tok.unk_token_id):
+            raise UserError(f"model.eos_token={eos_token!r} is not a token of this tokenizer; give its end-of-turn "
+                            "token as written in tokenizer_config.json")
+        tok.eos_token = eos_token
+    if pad_token is not None:
+        tok.pad_token = pad_token
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
+    if chat_template is not None:
+        tok.chat_template = chat_template
     if not getattr(tok, "chat_template", None):
         tok.chat_template = CHATML_TEMPLATE
     return tok
@@ -138,7 +160,7 @@ class TinyLlama:
 
     def fingerprint(self) -> dict:
         # The corpus (which the tokenizer is trained on) is hashed by the stage key itself.
-        return {"kind": "tiny", **self.cfg}
+        return {"kind": "tiny", **self.cfg, **_dtype_key(self.dtype)}
 
     def load(self, corpus: list[str]):
         folder = cache_root(self.cache_dir) / "models" / "tiny" / short_hash({**self.fingerprint(),
@@ -202,7 +224,7 @@ class SmolLM2:
         return 30  # SmolLM2-135M's num_hidden_layers
 
     def fingerprint(self) -> dict:
-        return {"kind": "smollm2", "file": self.FILE}
+        return {"kind": "smollm2", "file": self.FILE, **_dtype_key(self.dtype)}
 
     def gguf_path(self) -> Path:
         spec = importlib.util.find_spec(self.PACKAGE)
@@ -240,23 +262,42 @@ class HFModel:
     """Any local HF folder or hub id (`model.path=`)."""
 
     def __init__(self, path: str | None = None, name: str = "hf", dtype: str = "float32",
-                 attn_implementation: str | None = None, trust_remote_code: bool = False, **run_keys):
-        _model_keys("hf", run_keys, ["name", "path", "dtype", "attn_implementation", "trust_remote_code"])
+                 attn_implementation: str | None = None, trust_remote_code: bool = False, revision: str | None = None,
+                 chat_template: str | None = None, eos_token: str | None = None, pad_token: str | None = None,
+                 **run_keys):
+        _model_keys(name, run_keys, ["name", "path", "dtype", "attn_implementation", "trust_remote_code", "revision",
+                                     "chat_template", "eos_token", "pad_token"])
         torch_dtype(dtype)
         check_attn(attn_implementation)
         if not path:
-            raise UserError("model=hf needs model.path=<local folder or hub id>")
-        self.name, self.path, self.dtype = name, str(path), dtype
+            raise UserError(f"model={name} needs model.path=<local folder or hub id>")
+        self.name, self.path, self.dtype, self.revision = name, str(path), dtype, revision
         self.attn, self.trust = attn_implementation, trust_remote_code
+        self.tokenizer = {k: v for k, v in (("chat_template", chat_template), ("eos_token", eos_token),
+                                            ("pad_token", pad_token)) if v is not None}
         p = Path(self.path).expanduser()
         self.local = self.path.startswith((".", "/", "~")) or p.exists() or self.path.count("/") != 1
         if self.local and not (p / "config.json").exists():
             raise UserError(f"model.path={self.path!r} does not exist or holds no config.json; "
                             "give an HF-format folder or a hub id like org/name")
+        if not self.local:
+            self._check_hub()
+
+    def _check_hub(self) -> None:
+        """A hub id with the hub offline loads only from the local HF cache: say so before any work."""
+        if os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("1", "true", "yes"):
+            return
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(self.path, "config.json", revision=self.revision), str):
+            raise UserError(f"model={self.name} is the hub id {self.path}, but the hub is offline (HF_HUB_OFFLINE=1) "
+                            f"and no copy is in the local Hugging Face cache; give a local copy with "
+                            f"model.path=<folder with its config.json and weights>")
 
     def load_kwargs(self) -> dict:
         """How any checkpoint of this model loads (the stages, the model to unlearn, the baselines)."""
-        return {"dtype": self.dtype, "attn_implementation": self.attn, "trust_remote_code": self.trust}
+        out = {"dtype": self.dtype, "attn_implementation": self.attn, "trust_remote_code": self.trust}
+        return {**out, "tokenizer": self.tokenizer} if self.tokenizer else out
 
     def depth(self) -> int | None:
         """num_hidden_layers of a local folder's config.json (None for a hub id: known only once it loads)."""
@@ -268,12 +309,15 @@ class HFModel:
         if p.exists():
             cfg = p / "config.json"
             stamp = cfg.stat().st_mtime if cfg.exists() else None
-        return {"kind": "hf", "path": str(p.resolve()) if p.exists() else self.path, "stamp": stamp}
+        extra = {**_dtype_key(self.dtype), **({"revision": self.revision} if self.revision else {}),
+                 **({"tokenizer": self.tokenizer} if self.tokenizer else {})}
+        return {"kind": "hf", "path": str(p.resolve()) if p.exists() else self.path, "stamp": stamp, **extra}
 
     def load(self, corpus: list[str] | None = None):
         p = Path(self.path).expanduser()
         try:
-            return load_folder(p if self.local else self.path, self.dtype, self.attn, self.trust)
+            return load_folder(p if self.local else self.path, self.dtype, self.attn, self.trust,
+                               revision=None if self.local else self.revision, tokenizer=self.tokenizer)
         except OSError as e:
             raise UserError(f"model.path={self.path!r} could not be loaded ({str(e).splitlines()[0]}); "
                             "offline, only local folders work") from None

@@ -64,6 +64,9 @@ def resolve_auto(cfg, device_type: str) -> None:
 
     from unlearning.errors import UserError
 
+    if OmegaConf.select(cfg, "model.dtype", default=None) == "auto":  # bf16 weights on a CUDA GPU, fp32 on CPU
+        with open_dict(cfg):
+            OmegaConf.update(cfg, "model.dtype", "bfloat16" if device_type.startswith("cuda") else "float32", merge=False)
     for key in BF16_KEYS:
         value = OmegaConf.select(cfg, key, default=None)
         if value is None or isinstance(value, bool):

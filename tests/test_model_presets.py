@@ -1,0 +1,111 @@
+"""Model presets for the families OpenUnlearning ships configs for (conf/model/<preset>.yaml over `hf`).
+
+The hub is unreachable here (HF_HUB_OFFLINE=1), so each preset's hub id must be refused in one line before any
+work, and a local folder in the same layout, written by the test from a tiny Llama config, stands in for it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import CONF_DIR, ROOT, compose
+
+from unlearning.errors import UserError
+
+PRESETS = {  # preset -> hub id (OpenUnlearning's configs/model/*.yaml name the same models)
+    "llama32_1b": "meta-llama/Llama-3.2-1B-Instruct", "llama32_3b": "meta-llama/Llama-3.2-3B-Instruct",
+    "llama31_8b": "meta-llama/Llama-3.1-8B-Instruct", "llama2_7b_chat": "meta-llama/Llama-2-7b-chat-hf",
+    "llama2_7b": "meta-llama/Llama-2-7b-hf", "qwen25_1_5b": "Qwen/Qwen2.5-1.5B-Instruct",
+    "qwen25_3b": "Qwen/Qwen2.5-3B-Instruct", "qwen25_7b": "Qwen/Qwen2.5-7B-Instruct",
+    "phi35_mini": "microsoft/Phi-3.5-mini-instruct", "phi15": "microsoft/phi-1_5", "gemma_7b_it": "google/gemma-7b-it",
+    "zephyr_7b_beta": "HuggingFaceH4/zephyr-7b-beta",
+}
+
+
+def test_every_family_has_a_preset():
+    assert sorted(PRESETS) == sorted(p.stem for p in Path(CONF_DIR, "model").glob("*.yaml")
+                                     if p.stem not in ("tiny", "smollm2_135m", "hf"))
+
+
+@pytest.fixture(scope="module")
+def local_copy(tmp_path_factory, data_dir) -> Path:
+    """A folder in a hub checkpoint's layout (config.json, safetensors, tokenizer files): a tiny Llama."""
+    from unlearning.data.tofu import load_tofu
+    from unlearning.models import TinyLlama
+
+    model, tok = TinyLlama().load(load_tofu(data_dir=str(data_dir), retain_authors=2).corpus)
+    folder = tmp_path_factory.mktemp("hub_copy") / "Llama-3.2-1B-Instruct"
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_preset_names_its_hub_id_and_is_refused_offline_in_one_line(preset, data_dir):
+    from unlearning.validate import validate
+
+    cfg = compose([f"model={preset}"])
+    assert cfg.model.path == PRESETS[preset] and cfg.model.trust_remote_code is False
+    assert cfg.model.dtype == "auto" and cfg.model.finetune.bf16 == "auto"  # bf16 on a CUDA GPU, fp32 on CPU
+    with pytest.raises(UserError, match=rf"model={preset} is the hub id {PRESETS[preset]}, but the hub is offline"
+                                        r".*model\.path=<folder"):
+        validate(cfg)
+
+
+@pytest.mark.parametrize("preset", sorted(set(PRESETS) - {"phi35_mini", "gemma_7b_it"}))
+def test_preset_validates_with_a_local_copy(preset, local_copy, data_dir):
+    """(phi35_mini and gemma_7b_it name an end-of-turn token the tiny tokenizer lacks: next test.)"""
+    from unlearning.validate import validate
+
+    cfg = compose([f"model={preset}", f"model.path={local_copy}"])
+    parts = validate(cfg)
+    assert parts.spec.name == preset and cfg.model.dtype == "float32"  # `auto` resolved on this CPU
+
+
+def test_dtype_auto_is_bfloat16_on_a_gpu():
+    from unlearning.precision import resolve_auto
+
+    cfg = compose(["model=llama32_1b"])
+    resolve_auto(cfg, "cuda")
+    assert cfg.model.dtype == "bfloat16" and cfg.trainer.bf16 is True
+
+
+def test_end_of_turn_token_and_base_model_tags(local_copy):
+    """A preset's eos_token closes answers (refused if the tokenizer lacks it); the base-model presets' template
+    writes OpenUnlearning's `Question: ... Answer:` tags."""
+    from transformers import AutoTokenizer
+
+    from unlearning.data.base import Example, encode
+    from unlearning.models import finish_tokenizer
+
+    tok = AutoTokenizer.from_pretrained(local_copy)
+    tok.add_special_tokens({"additional_special_tokens": ["<|end|>"]})
+    finish_tokenizer(tok, eos_token="<|end|>")
+    assert tok.eos_token == "<|end|>" and encode(tok, Example("Paris", [{"role": "user", "content": "Q"}]))[
+        "input_ids"][-1] == tok.convert_tokens_to_ids("<|end|>")
+    with pytest.raises(UserError, match=r"model\.eos_token='<end_of_turn>' is not a token of this tokenizer"):
+        finish_tokenizer(AutoTokenizer.from_pretrained(local_copy), eos_token="<end_of_turn>")
+
+    template = compose(["model=phi15"]).model.chat_template
+    base = finish_tokenizer(AutoTokenizer.from_pretrained(local_copy), chat_template=template)
+    chat = [{"role": "user", "content": "Who wrote X?"}, {"role": "assistant", "content": "Jane."}]
+    assert base.apply_chat_template(chat[:1], tokenize=False, add_generation_prompt=True) == "Question: Who wrote X?\nAnswer:"
+    assert base.apply_chat_template(chat, tokenize=False) == "Question: Who wrote X?\nAnswer: Jane.\n\n"
+
+
+def test_a_local_copy_stands_in_for_the_hub_id_end_to_end(local_copy, tmp_path):
+    """unlearning-eval on model=llama32_1b with model.path= the local copy: loaded, evaluated, recorded."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    code = "import sys; from unlearning.__main__ import eval_main; sys.exit(eval_main())"
+    r = subprocess.run([sys.executable, "-c", code, "model=llama32_1b", f"model.path={local_copy}",
+                        "dataset.retain_authors=2", "evaluator.max_items=2", "evaluator.max_new_tokens=4",
+                        f"hydra.run.dir={tmp_path / 'ev'}"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    record = json.loads((tmp_path / "ev" / "results.json").read_text())
+    assert record["model"] == "llama32_1b" and record["config"]["model"]["path"] == str(local_copy)
+    assert record["config"]["model"]["dtype"] == "float32" and len(record["metrics"]) > 10
