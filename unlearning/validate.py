@@ -14,7 +14,7 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass, field
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from unlearning.errors import UserError
 
@@ -57,7 +57,6 @@ def validate(cfg: DictConfig) -> Parts:
     check_steps(finetune, len(data.target_train), "model.finetune")
     method.check(bool(data.retain))
     check_method_on_data(cfg, method, data)
-    check_method_on_model(cfg, method, spec)
     check_evaluator_on_data(cfg, evaluator, data)
     check_generation(cfg)
     if hasattr(evaluator, "check_generation"):  # e.g. OpenUnlearning-compatible scoring has no guided decoding
@@ -65,6 +64,7 @@ def validate(cfg: DictConfig) -> Parts:
     check_objective(cfg, evaluator, data, attacks)
     check_subtraction(cfg)
     check_stage_paths(cfg)
+    check_method_on_model(cfg, method, spec)  # after the stage paths: a hub-id target is a folder by now
     check_precision(cfg)
     for attack in attacks.values():
         if hasattr(attack, "check"):
@@ -316,6 +316,31 @@ def check_subtraction(cfg: DictConfig) -> None:
                             "model)")
 
 
+def hub_stage(cfg: DictConfig, key: str, repo: str):
+    """A hub id given as stage.target_path / reference_path: the local snapshot (downloaded where the hub is
+    reachable, else from the local Hugging Face cache), written back into the config as a folder, with the id and
+    the snapshot's commit recorded under stage.hub.<target|reference>."""
+    import os
+    from pathlib import Path
+
+    from huggingface_hub import snapshot_download
+
+    kind = key.split(".")[1].removesuffix("_path")
+    revision = OmegaConf.select(cfg, f"stage.{kind}_revision")
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    try:
+        folder = Path(snapshot_download(repo, revision=revision, local_files_only=offline))
+    except Exception as e:  # offline and not cached, no such repo, no network
+        why = "the hub is offline (HF_HUB_OFFLINE=1) and it is not in the local Hugging Face cache" if offline else \
+            f"it could not be downloaded ({type(e).__name__})"
+        raise UserError(f"{key}={repo} is a hub id, but {why}; download it where the hub is reachable "
+                        f"(`huggingface-cli download {repo}`), or give a local folder") from None
+    with open_dict(cfg):
+        OmegaConf.update(cfg, key, str(folder), merge=False)
+        OmegaConf.update(cfg, f"stage.hub.{kind}", {"id": repo, "revision": folder.name}, merge=False)
+    return folder
+
+
 def check_stage_paths(cfg: DictConfig) -> None:
     """Given model folders (stage.target_path / reference_path, subtraction.base_path) are HF folders whose
     safetensors headers parse: a truncated copy is one line now, not after a stage fine-tune."""
@@ -333,7 +358,9 @@ def check_stage_paths(cfg: DictConfig) -> None:
             continue
         folder = Path(str(value)).expanduser()
         if not folder.exists() and re.fullmatch(r"[\w.-]+/[\w.-]+", str(value)) and not str(value).startswith("."):
-            continue  # a hub id (OpenUnlearning's TOFU targets live on the hub): loaded, and worded, by load_folder
+            if key == "subtraction.base_path":
+                continue  # loaded, and worded, by load_folder
+            folder = hub_stage(cfg, key, str(value))  # OpenUnlearning's TOFU targets / retain models live on the hub
         if not folder.is_dir() or not (folder / "config.json").is_file():
             raise UserError(f"{key}={value}: no HF model folder there (a folder with config.json and weights); "
                             "check the path, or drop the key to build the stage")
