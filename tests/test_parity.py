@@ -97,6 +97,19 @@ def test_probabilities_and_truth_ratios_match_openunlearning(compat_result, refe
             assert row["prob"] == pytest.approx(ref(f"{p}_Q_A_Prob_normalised")["prob"], abs=1e-5)
 
 
+def test_every_batch_gets_openunlearnings_mask(smollm2, data_dir, reference):
+    """Batches of 2 over the first 4 forget items (two batches): each item's probability is the reference's (an
+    earlier version gave batches after the first the lengths mask, 0.01-0.03 off)."""
+    from unlearning.data.tofu import load_tofu
+    from unlearning.eval.tofu import TofuEvaluator
+
+    model, tok = smollm2
+    ev = TofuEvaluator(compat="openunlearning", max_items=N, batch_size=2, splits=["forget"], generate=False)
+    rows = ev.evaluate(model, tok, load_tofu(data_dir=str(data_dir)), None)["per_item"]["forget"]
+    want = [reference["forget_Q_A_Prob"]["value_by_index"][str(i)]["prob"] for i in range(N)]
+    assert [r["answer_prob"] for r in rows] == pytest.approx(want, abs=1e-5)
+
+
 def test_extraction_strength_matches_openunlearning(compat_result, reference):
     got = [r["extraction_strength"] for r in compat_result["per_item"]["forget"]]
     want = [reference["extraction_strength"]["value_by_index"][str(i)]["score"] for i in range(N)]

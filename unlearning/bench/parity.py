@@ -54,8 +54,9 @@ def parse_args(argv):
     p.add_argument("--reference", default=str(here.parent / "shared" / "reference" / "ou_tofu_forget01_smollm2"))
     p.add_argument("--data-dir", default=os.environ.get("UNLEARNING_DATA_DIR"))
     p.add_argument("--out", default="outputs/parity", help="folder for each mode's result (JSON)")
-    p.add_argument("--from", dest="saved", help="print the table from a folder an earlier run wrote (its <mode>.json), "
-                   "evaluating nothing")
+    p.add_argument("--from", dest="saved", nargs="+", help="print the table from folders earlier runs wrote (their "
+                   "<mode>.json), evaluating nothing; a later folder's values replace an earlier one's (e.g. a "
+                   "--no-generate run over a full one), and model_utility is recomputed from the merged nine")
     return p.parse_args(argv)
 
 
@@ -134,6 +135,31 @@ def table(results: dict, ref: dict) -> list[str]:
     return lines
 
 
+def merged(folders: list[str], modes: list[str]) -> dict:
+    """Each mode's result from the folders in order, later values replacing earlier ones item by item."""
+    from unlearning.eval import metrics
+    from unlearning.eval.tofu import UTILITY
+
+    out: dict = {}
+    for folder in folders:
+        for mode in modes:
+            path = Path(folder) / f"{mode}.json"
+            if not path.is_file():
+                continue
+            new = json.loads(path.read_text())
+            old = out.setdefault(mode, {"aggregates": {}, "per_item": {}, "seconds": 0.0})
+            old["aggregates"].update(new["aggregates"])
+            old["seconds"] += new.get("seconds", 0.0)
+            for split, rows in new["per_item"].items():
+                have = old["per_item"].setdefault(split, [{} for _ in rows])
+                for a, b in zip(have, rows):
+                    a.update(b)
+    for result in out.values():
+        if all(k in result["aggregates"] for k in UTILITY):
+            result["aggregates"]["model_utility"] = metrics.harmonic_mean(result["aggregates"][k] for k in UTILITY)
+    return out
+
+
 def main(argv=None) -> int:
     args = parse_args(argv if argv is not None else sys.argv[1:])
     modes = [m for m in args.modes.split(",") if m]
@@ -151,9 +177,8 @@ def main(argv=None) -> int:
 
     ref = json.loads(ref_file.read_text())
     if args.saved:
-        results = {m: json.loads((Path(args.saved) / f"{m}.json").read_text()) for m in modes
-                   if (Path(args.saved) / f"{m}.json").is_file()}
-        print(f"# TOFU forget01, SmolLM2-135M-Instruct, fp32; modes read from {args.saved}; "
+        results = merged(args.saved, modes)
+        print(f"# TOFU forget01, SmolLM2-135M-Instruct, fp32; modes read from {' + '.join(args.saved)}; "
               "OU = OpenUnlearning d3d7cf9's own output")
         print("\n".join(table(results, ref)))
         return 0

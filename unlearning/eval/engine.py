@@ -45,6 +45,8 @@ MASKS = ("lengths", "not_pad")
 def _masked(batch: dict, pad_id: int, mask: str) -> dict:
     """The batch's attention mask: from the sequence lengths (collate), or OpenUnlearning's `input_ids != pad_id`,
     which also hides every in-sequence token equal to the pad id (every `<|im_end|>` where pad = eos)."""
+    if mask not in MASKS:
+        raise ValueError(f"attention mask {mask!r}: use one of {MASKS}")
     if mask == "not_pad":
         batch["attention_mask"] = (batch["input_ids"] != pad_id).long()
     return batch
@@ -93,12 +95,12 @@ def score(model, items: list[dict], pad_id: int, batch_size: int = 16, stats: bo
         with precision(model, bf16):
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         labels = batch["labels"][:, 1:]
-        mask = labels != IGNORE
-        lp, hit, mu, var = label_stats(logits[:, :-1][mask], labels[mask], stats)
+        labelled = labels != IGNORE
+        lp, hit, mu, var = label_stats(logits[:, :-1][labelled], labels[labelled], stats)
         if cross_entropy:
             lp = -torch.nn.functional.cross_entropy(logits[:, :-1].float().transpose(1, 2), labels,
-                                                    ignore_index=IGNORE, reduction="none")[mask]
-        lengths = mask.sum(1).tolist()
+                                                    ignore_index=IGNORE, reduction="none")[labelled]
+        lengths = labelled.sum(1).tolist()
         start = 0
         for row, i in enumerate(idx):  # the labelled positions of row `row` are the next lengths[row] entries
             end = start + lengths[row]
