@@ -103,3 +103,26 @@ def test_cli(sweep, tmp_path, capsys):
     assert "must be max or min" in capsys.readouterr().err
     assert main([str(sweep), "--utility", "bleu"]) == 2
     assert "'bleu' is not a metric" in capsys.readouterr().err
+
+
+def test_plot_ticks_stay_plain_numbers_when_jobs_barely_differ():
+    """Two jobs 1e-7 apart: matplotlib's default would label the axis `1e-7+3.5697e-2`; the report's plots do not."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from unlearning.report import plain_ticks
+
+    def offset(fix: bool) -> str:
+        fig, ax = plt.subplots()
+        ax.plot([0, 1], [0.0356970, 0.0356971])
+        if fix:
+            plain_ticks(ax)
+        fig.canvas.draw()
+        text = ax.yaxis.get_major_formatter().get_offset()
+        plt.close(fig)
+        return text
+
+    assert offset(fix=False) != ""  # the default really does use an offset here
+    assert offset(fix=True) == ""

@@ -134,7 +134,9 @@ def test_a_truncated_weights_file_is_one_line_before_any_work(tmp_path, data_dir
     assert not (tmp_path / "cache" / "stages").exists()  # caught by validation: no stage was fine-tuned first
     with pytest.raises(UserError, match=r"stage.reference_path=.* no HF model folder there"):
         validate(compose([f"stage.reference_path={tmp_path}"]))
-    validate(compose(["stage.target_path=locuslab/tofu_ft_llama2-7b"]))  # a hub id is left to load time
+    # a hub id is resolved during validation too: offline and not cached, it is one line (tests/test_hub_stages.py)
+    with pytest.raises(UserError, match=r"stage.target_path=locuslab/tofu_ft_llama2-7b is a hub id, but the hub is offline"):
+        validate(compose(["stage.target_path=locuslab/tofu_ft_llama2-7b"]))
 
 
 def test_malformed_data_file_names_file_and_line(tmp_path):
@@ -150,6 +152,10 @@ def test_malformed_data_file_names_file_and_line(tmp_path):
 def test_every_shipped_preset_validates(data_dir):
     for preset in sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml")):
         cfg = compose([f"experiment={preset}"])
+        if preset == "tofu_ou_repro":  # the hub's models: refused offline in one line (tests/test_hub_stages.py)
+            with pytest.raises(UserError, match="the hub is offline"):
+                validate(cfg)
+            continue
         parts = validate(cfg)
         assert parts.data.forget, preset
         if OmegaConf.select(cfg, "dataset.replacement.model"):

@@ -23,6 +23,15 @@ FORGET_DEFAULTS = [("forget_quality", True)]
 UTILITY_DEFAULTS = [("model_utility", True), ("utility", True)]
 
 
+
+def plain_ticks(ax, x: bool = True) -> None:
+    """Tick labels as plain numbers: jobs that barely differ would otherwise read `1e-7+3.5697e-2` (an offset)."""
+    from matplotlib.ticker import ScalarFormatter
+
+    for axis in ([ax.xaxis] if x and ax.get_xscale() == "linear" else []) + [ax.yaxis]:
+        if isinstance(axis.get_major_formatter(), ScalarFormatter):
+            axis.get_major_formatter().set_useOffset(False)
+
 def swept_params(rows: list[dict]) -> list[str]:
     """Override keys whose value differs between jobs (a key missing in some jobs also counts)."""
     values: dict[str, set] = {}
@@ -112,6 +121,7 @@ def plot_tradeoff(rows, forget: tuple[str, bool], utility: tuple[str, bool], bas
     ax.set_xlabel(f"{fname} ({'higher' if fhigh else 'lower'} is better)")
     ax.set_ylabel(f"{uname} ({'higher' if uhigh else 'lower'} is better)")
     ax.set_title("Forgetting vs utility per job")
+    plain_ticks(ax)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     _save(fig, path)
@@ -151,6 +161,7 @@ def plot_param(rows, param: str, metrics: list[str], path: Path, others: list[st
             ax.set_xticks(range(len(cats)), cats, rotation=30, fontsize=7)
         ax.set_title(m, fontsize=9)
         ax.set_xlabel(param, fontsize=8)
+        plain_ticks(ax)
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(metrics):]:
         ax.axis("off")
@@ -199,6 +210,7 @@ def plot_robustness(rows, baselines: dict, path: Path) -> bool:
         ax.axhline(t, ls="--", color="black", lw=1, label="target (before unlearning)")
     ax.set_xticks(range(len(cols)), ["unlearned"] + [f"@{a}" for a in attacks])
     ax.set_ylabel(metric)
+    plain_ticks(ax, x=False)
     ax.set_title(f"Robustness: {metric} after unlearning and after each attack")
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=8)
