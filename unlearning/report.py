@@ -219,6 +219,73 @@ def plot_robustness(rows, baselines: dict, path: Path) -> bool:
     return True
 
 
+def seed_groups(rows: list[dict], params: list[str], metrics: list[str]) -> list[dict]:
+    """Ok jobs that differ only in `seed`, grouped: per metric the mean over seeds and the half-width of its 95%
+    t interval (Student's t with n-1 degrees of freedom: t_0.975 * s / sqrt(n), s the sample standard deviation;
+    None for a single seed). A t interval rather than a bootstrap: with the 3-5 seeds of a typical table a
+    bootstrap of so few values understates the spread."""
+    from scipy import stats
+
+    others = [p for p in params if p != "seed"]
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        ov = parse_overrides(r["overrides"])
+        key = (str(r["method"]),) + tuple(ov.get(p, "(default)") for p in others if p != "method")
+        groups.setdefault(key, []).append(r)
+    out = []
+    for key, members in groups.items():
+        stats_by_metric = {}
+        for m in metrics:
+            vals = [v for v in (_num(r["metrics"].get(m)) for r in members) if v is not None]
+            if not vals:
+                continue
+            n = len(vals)
+            mean = sum(vals) / n
+            half = None
+            if n > 1:
+                sd = math.sqrt(sum((v - mean) ** 2 for v in vals) / (n - 1))
+                half = float(stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n))
+            stats_by_metric[m] = {"mean": mean, "ci95": half, "n": n}
+        label = " ".join(f"{p}={v}" for p, v in zip(["method"] + [p for p in others if p != "method"], key))
+        out.append({"group": label, "method": key[0], "jobs": [r["job"] for r in members],
+                    "seeds": sorted({parse_overrides(r["overrides"]).get("seed", "(default)") for r in members}),
+                    "metrics": stats_by_metric})
+    return out
+
+
+def plot_tradeoff_groups(groups, forget: tuple[str, bool], utility: tuple[str, bool], baselines: dict,
+                         path: Path) -> list[str]:
+    """Each group's mean over seeds with its 95% interval as error bars; the Pareto front on the means."""
+    import matplotlib.pyplot as plt
+
+    (fname, fhigh), (uname, uhigh) = forget, utility
+    pts = [(g, g["metrics"].get(fname), g["metrics"].get(uname)) for g in groups]
+    pts = [(g, x, y) for g, x, y in pts if x and y]
+    colours = _colours([g["method"] for g, _, _ in pts])
+    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    for g, x, y in pts:
+        ax.errorbar([x["mean"]], [y["mean"]], xerr=[[x["ci95"] or 0]], yerr=[[y["ci95"] or 0]], fmt="o",
+                    color=colours[g["method"]], capsize=3, zorder=3)
+        ax.annotate(f"{g['group']} (n={x['n']})", (x["mean"], y["mean"]), textcoords="offset points",
+                    xytext=(4, 3), fontsize=7)
+    front = pareto([(x["mean"] if fhigh else -x["mean"], y["mean"] if uhigh else -y["mean"]) for _, x, y in pts])
+    if front:
+        ax.plot([pts[i][1]["mean"] for i in front], [pts[i][2]["mean"] for i in front], "--", color="grey", lw=1,
+                label="Pareto front (means)", zorder=2)
+    b = baselines.get("target") or {}
+    if _num(b.get(fname)) is not None and _num(b.get(uname)) is not None:
+        ax.scatter([b[fname]], [b[uname]], marker="X", s=120, color="black", label="target (before unlearning)")
+    ax.set_xlabel(f"{fname}, mean over seeds ({'higher' if fhigh else 'lower'} is better)")
+    ax.set_ylabel(f"{uname}, mean over seeds ({'higher' if uhigh else 'lower'} is better)")
+    ax.set_title("Forgetting vs utility over seeds (95% t intervals)")
+    plain_ticks(ax)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    _save(fig, path)
+    plt.close(fig)
+    return [pts[i][0]["group"] for i in front]
+
+
 def _fmt(v) -> str:
     f = _num(v)
     if f is None:
@@ -226,7 +293,13 @@ def _fmt(v) -> str:
     return f"{f:.4g}"
 
 
-def markdown(sweep_dir: Path, rows, params, metrics, axes, front, plots, baselines) -> str:
+def _mean_ci(st: dict | None) -> str:
+    if not st:
+        return ""
+    return f"{st['mean']:.4g}" + (f" ± {st['ci95']:.2g}" if st["ci95"] is not None else "")
+
+
+def markdown(sweep_dir: Path, rows, params, metrics, axes, front, plots, baselines, groups=(), group_front=()) -> str:
     n = {s: sum(r["status"] == s for r in rows) for s in ("ok", "diverged", "failed", "missing")}
     lines = [f"# Sweep report: `{sweep_dir}`", "",
              f"{len(rows)} jobs: {n['ok']} ok, {n['diverged']} diverged, {n['failed']} failed, "
@@ -249,6 +322,16 @@ def markdown(sweep_dir: Path, rows, params, metrics, axes, front, plots, baselin
         lines.append("| " + " | ".join(cells) + " |")
     if front:
         lines += ["", "`*` = on the Pareto front."]
+    if groups:
+        lines += ["", "## Grouped over seeds", "",
+                  "Mean over the jobs that differ only in `seed`, ± the half-width of its 95% Student-t interval "
+                  "(n-1 degrees of freedom; none for one seed)" + (f"; Pareto front on the means: "
+                  f"{', '.join(group_front)}" if group_front else "") + ".", "",
+                  "| group | seeds | n | " + " | ".join(metrics) + " |", "|" + "---|" * (len(metrics) + 3)]
+        for g in groups:
+            n = max((st["n"] for st in g["metrics"].values()), default=0)
+            lines.append(f"| {g['group']} | {', '.join(g['seeds'])} | {n} | "
+                         + " | ".join(_mean_ci(g["metrics"].get(m)) for m in metrics) + " |")
     if baselines:
         lines += ["", "## Baselines (before unlearning)", "", "| model | " + " | ".join(metrics) + " |",
                   "|" + "---|" * (len(metrics) + 1)]
@@ -303,13 +386,24 @@ def report(sweep_dir: str | Path, forget: str | None = None, utility: str | None
             plot_param(rows, p, metrics, plots[-1], [o for o in params if o not in (p, "method")])
         if plot_robustness(ok, baselines, plots_dir / "robustness.png"):
             plots.append(plots_dir / "robustness.png")
+    groups, group_front = (seed_groups(ok, params, metrics) if "seed" in params else []), []
+    if groups:
+        if f_axis and u_axis:
+            plots.append(plots_dir / "tradeoff_seeds.png")
+            group_front = plot_tradeoff_groups(groups, f_axis, u_axis, baselines, plots[-1])
+        flat = [{"group": g["group"], "n": max(st["n"] for st in g["metrics"].values()), "seeds": " ".join(g["seeds"]),
+                 **{f"{m}:{k}": st[k] for m, st in g["metrics"].items() for k in ("mean", "ci95")}} for g in groups]
+        keys = list(dict.fromkeys(k for row in flat for k in row))
+        lines = [",".join(keys)] + [",".join("" if row.get(k) is None else str(row.get(k)) for k in keys) for row in flat]
+        atomic_write(sweep_dir / "report_seeds.csv", "\n".join(lines) + "\n")
     rows_csv = [{**r, **{f"param:{p}": parse_overrides(r["overrides"]).get(p) for p in params},
                  "pareto": r["job"] in front} for r in rows]
     atomic_write(sweep_dir / "report.csv", to_csv(rows_csv, extra=[f"param:{p}" for p in params] + ["pareto"]))
     axes = (f_axis, u_axis) if f_axis and u_axis else None
-    atomic_write(sweep_dir / "report.md", markdown(sweep_dir, rows, params, metrics, axes, front, plots, baselines))
-    return {"rows": rows, "params": params, "pareto": front, "plots": plots, "axes": axes,
-            "csv": sweep_dir / "report.csv", "md": sweep_dir / "report.md"}
+    atomic_write(sweep_dir / "report.md", markdown(sweep_dir, rows, params, metrics, axes, front, plots, baselines,
+                                                   groups, group_front))
+    return {"rows": rows, "params": params, "pareto": front, "plots": plots, "axes": axes, "groups": groups,
+            "group_pareto": group_front, "csv": sweep_dir / "report.csv", "md": sweep_dir / "report.md"}
 
 
 def _baselines(sweep_dir: Path, ok: list[dict]) -> dict:
