@@ -19,13 +19,17 @@ from omegaconf import OmegaConf
 from unlearning.data.base import IGNORE, chat, collate, encode
 from unlearning.errors import UserError
 from unlearning.methods.base import nll, sequence_logp
+from unlearning.methods.ceu import CEU
 from unlearning.methods.ga import GradientAscent
 from unlearning.methods.graddiff import GradDiff, retain_kl
 from unlearning.methods.idk_dpo import IdkDPO, dpo_loss, shared_prompt_logps
 from unlearning.methods.npo import NPO, npo_loss
 from unlearning.methods.reference import attach_ref_logps
 from unlearning.methods.rmu import RMU, decoder_layers, masked_mse
+from unlearning.methods.satimp import SatImp
 from unlearning.methods.simnpo import SimNPO, simnpo_loss
+from unlearning.methods.undial import UNDIAL
+from unlearning.methods.wga import WGA
 from unlearning.models import TinyLlama
 from unlearning.train import LoraSettings, TrainSettings, apply_lora, train
 
@@ -195,7 +199,8 @@ def test_retain_term_lowers_retain_nll(tiny, method):
 def all_methods():
     return {"ga": GradientAscent(), "graddiff": GradDiff(), "graddiff_kl": GradDiff(retain_loss="kl"),
             "graddiff_kl_answers": GradDiff(retain_loss="kl_answers"),
-            "npo": NPO(), "simnpo": SimNPO(), "idk_dpo": IdkDPO(refusals=REFUSALS), "rmu": RMU(retain_weight=10.0)}
+            "npo": NPO(), "simnpo": SimNPO(), "idk_dpo": IdkDPO(refusals=REFUSALS), "rmu": RMU(retain_weight=10.0),
+            "wga": WGA(), "satimp": SatImp(), "ceu": CEU(), "undial": UNDIAL(retain_weight=1.0)}
 
 
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])

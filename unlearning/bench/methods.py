@@ -23,7 +23,8 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-DEFAULT = "ga,graddiff,npo,npo:retain_weight=0,npo_live_ref:retain_weight=0,simnpo,idk_dpo,idk_dpo:retain_weight=0,rmu"
+DEFAULT = ("ga,graddiff,npo,npo:retain_weight=0,npo_live_ref:retain_weight=0,simnpo,idk_dpo,idk_dpo:retain_weight=0,rmu,"
+           "wga,satimp,ceu,undial")
 CONF = Path(__file__).resolve().parents[2] / "conf" / "method"
 
 
