@@ -255,3 +255,19 @@ def test_cli_bad_input_exits_2_with_one_line(tmp_path, muse_dir):
                          f"hydra.run.dir={tmp_path / 'run'}"], {}, timeout=300)
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0 and "MUSE-News folder not found" in r.stderr
+
+
+def test_muse_books_loads_the_same_layout_from_its_own_folder(tmp_path):
+    """MUSE-Books is not on this machine: the test writes MUSE's layout under muse_books/ (as the hub's
+    muse-bench/MUSE-Books has it) and loads it through the dataset config."""
+    from unlearning.data.muse import load_muse_books
+
+    write_muse(tmp_path / "muse_books")
+    data = load_muse_books(data_dir=str(tmp_path))
+    assert data.name == "muse_books" and len(data.corpus) > 0
+    assert len(data.extra["privleak_forget"]) == 3 and data.extra["verbmem"]
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["dataset=muse_books", "evaluator=muse", f"data_dir={tmp_path}"])
+    assert instantiate(cfg.dataset).name == "muse_books"
+    with pytest.raises(UserError, match=r"MUSE-Books folder not found: .*muse_books .*muse-bench/MUSE-Books"):
+        load_muse_books(data_dir=str(tmp_path / "elsewhere"))

@@ -24,34 +24,35 @@ from unlearning.data.base import Example, UnlearningData
 from unlearning.errors import UserError, read_json
 
 HUB_ID = "muse-bench/MUSE-News"
+HUB_IDS = {"muse_news": HUB_ID, "muse_books": "muse-bench/MUSE-Books"}  # the same layout: raw, verbmem, knowmem, privleak
 RETAIN_SOURCES = {"privleak_retain": ("privleak", "retain"), "hub_retain1": ("raw", "retain1")}
 SEP = "\n\n"  # MUSE probes are consecutive articles joined by a blank line
 
 
-def _folder(path, data_dir) -> Path | None:
+def _folder(path, data_dir, name: str = "muse_news") -> Path | None:
     if path:
         folder = Path(path).expanduser()
     elif data_dir:
-        folder = Path(data_dir).expanduser() / "muse_news"
+        folder = Path(data_dir).expanduser() / name
     else:
         return None
     if not folder.is_dir():
-        raise UserError(f"MUSE-News folder not found: {folder} (set dataset.path or UNLEARNING_DATA_DIR "
-                        "to the folder that holds muse_news/)")
+        raise UserError(f"{HUB_IDS.get(name, name).split('/')[-1]} folder not found: {folder} (set dataset.path or "
+                        f"UNLEARNING_DATA_DIR to the folder that holds {name}/, a copy of the hub's {HUB_IDS.get(name)})")
     return folder
 
 
-def _load(folder: Path | None, config: str, split: str) -> list:
+def _load(folder: Path | None, config: str, split: str, hub: str = HUB_ID) -> list:
     """One MUSE file: local `<config>/<split>.json`, else the hub's `config`/`split`."""
     if folder is not None:
         return read_json(folder / config / f"{split}.json")
     try:
         from datasets import load_dataset
 
-        rows = load_dataset(HUB_ID, config, split=split)
+        rows = load_dataset(hub, config, split=split)
     except Exception as e:  # offline, or the hub changed: one line, with the fix
-        raise UserError(f"could not load {HUB_ID} {config}/{split} from the hub ({type(e).__name__}); "
-                        "set UNLEARNING_DATA_DIR or dataset.path to a local MUSE-News copy") from None
+        raise UserError(f"could not load {hub} {config}/{split} from the hub ({type(e).__name__}); "
+                        f"set UNLEARNING_DATA_DIR or dataset.path to a local copy of {hub}") from None
     return [r["text"] for r in rows] if "text" in rows.column_names else [dict(r) for r in rows]
 
 
@@ -105,17 +106,20 @@ def load_muse_news(path: str | None = None, data_dir: str | None = None, retain_
     for key, n in (("num_forget", num_forget), ("num_retain", num_retain)):
         if n is not None and n < 1:
             raise UserError(f"dataset.{key}={n} must be >= 1 (or null for all articles)")
-    folder = _folder(path, data_dir if data_dir is not None else os.environ.get("UNLEARNING_DATA_DIR"))
+    folder = _folder(path, data_dir if data_dir is not None else os.environ.get("UNLEARNING_DATA_DIR"), name)
+    hub = HUB_IDS.get(name, HUB_ID)
 
-    forget_all = _texts(_load(folder, "raw", "forget"), "raw/forget")
+    forget_all = _texts(_load(folder, "raw", "forget", hub=hub), "raw/forget")
     if folder is not None and retain_source == "hub_retain1" and not (folder / "raw" / "retain1.json").is_file():
         raise UserError(f"dataset.retain_source=hub_retain1 but {folder / 'raw' / 'retain1.json'} does not exist "
                         "(the local copy has no retain1); use dataset.retain_source=privleak_retain")
-    retain = _texts(_load(folder, *RETAIN_SOURCES[retain_source]), "/".join(RETAIN_SOURCES[retain_source]))
-    verbmem = _qa(_load(folder, "verbmem", "forget"), "verbmem/forget", ("prompt", "gt"))
-    pl_forget = [{"id": f"{i}", "text": t} for i, t in enumerate(_texts(_load(folder, "privleak", "forget"), "privleak/forget"))]
-    pl_holdout = [{"id": f"{i}", "text": t} for i, t in enumerate(_texts(_load(folder, "privleak", "holdout"), "privleak/holdout"))]
-    extra = {f"knowmem_{s}{icl}": _qa(_load(folder, "knowmem", f"{s}_qa{icl}"), f"knowmem/{s}_qa{icl}")
+    retain = _texts(_load(folder, *RETAIN_SOURCES[retain_source], hub=hub), "/".join(RETAIN_SOURCES[retain_source]))
+    verbmem = _qa(_load(folder, "verbmem", "forget", hub=hub), "verbmem/forget", ("prompt", "gt"))
+    pl_forget = [{"id": f"{i}", "text": t}
+                 for i, t in enumerate(_texts(_load(folder, "privleak", "forget", hub=hub), "privleak/forget"))]
+    pl_holdout = [{"id": f"{i}", "text": t}
+                  for i, t in enumerate(_texts(_load(folder, "privleak", "holdout", hub=hub), "privleak/holdout"))]
+    extra = {f"knowmem_{s}{icl}": _qa(_load(folder, "knowmem", f"{s}_qa{icl}", hub=hub), f"knowmem/{s}_qa{icl}")
              for s in ("forget", "retain") for icl in ("", "_icl")}
 
     keep = [i for i, a in enumerate(forget_all) if a.strip()]
@@ -201,3 +205,10 @@ def chunk_data(data: UnlearningData, tokenizer, max_length: int) -> UnlearningDa
         raise UserError("MUSE-News forget corpus is empty after chunking (no article has any token)")
     return replace(data, forget=forget, retain=retain, target_train=forget + retain, reference_train=retain,
                    extra={**data.extra, "chunk_length": max_length})
+
+
+def load_muse_books(path: str | None = None, data_dir: str | None = None, retain_source: str = "privleak_retain",
+                    num_forget: int | None = None, num_retain: int | None = None) -> UnlearningData:
+    """MUSE-Books (the Harry Potter books; `muse-bench/MUSE-Books`): MUSE-News' layout and loader, its own folder
+    (`$UNLEARNING_DATA_DIR/muse_books` or `dataset.path`) and hub id."""
+    return load_muse_news(path, data_dir, retain_source, num_forget, num_retain, name="muse_books")
