@@ -125,8 +125,12 @@ def test_graddiff_is_minus_forget_nll_plus_alpha_retain_nll(tiny):
              "retain": collate(items(tok, RETAIN[:2]), tok.pad_token_id)}
     with torch.no_grad():
         loss, logs = GradDiff(forget_weight=2.0, retain_weight=0.5).loss(model, batch)
-        expected = -2.0 * nll(model, batch["forget"]) + 0.5 * nll(model, batch["retain"])
+
+        def hf_nll(b):  # transformers' own causal-LM loss (shifted, mean over labelled tokens): not this project's code
+            return model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], labels=b["labels"]).loss
+        expected = -2.0 * hf_nll(batch["forget"]) + 0.5 * hf_nll(batch["retain"])
     assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert logs["forget_nll"] == pytest.approx(hf_nll(batch["forget"]).item(), rel=1e-6)
     assert set(logs) == {"forget_nll", "retain_nll"}
 
 

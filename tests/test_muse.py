@@ -22,7 +22,6 @@ from hydra.utils import instantiate
 from unlearning.data.base import Example, encode
 from unlearning.data.muse import SEP, backing_articles, chunk_text, load_muse_news, select_forget
 from unlearning.errors import UserError
-from unlearning.eval import mia
 from unlearning.eval.muse import MuseEvaluator, icl_prompt
 from unlearning.models import TinyLlama
 
@@ -148,10 +147,12 @@ def test_evaluator_on_tiny_model(muse_dir, tiny):
     assert agg["privleak"] is None  # no reference and no configured AUC
     assert len(out["per_item"]["privleak_forget"]) == 3 and len(out["per_item"]["knowmem_retain"]) == 3
     assert {"loss", "zlib", "min_k", "min_k_plus_plus"} <= set(out["per_item"]["privleak_holdout"][0])
-    # the AUCs are the per-item scores' AUCs
+    # the AUC is the per-item scores' AUC, counted by hand (Mann-Whitney): the share of (forget, holdout) pairs whose
+    # forget score is the lower, i.e. more member-like (ties count half)
     f = [r["min_k"] for r in out["per_item"]["privleak_forget"]]
     h = [r["min_k"] for r in out["per_item"]["privleak_holdout"]]
-    assert agg["mia_min_k"] == pytest.approx(mia.auc(f, h))
+    pairs = [(a < b) + 0.5 * (a == b) for a in f for b in h]
+    assert agg["mia_min_k"] == pytest.approx(sum(pairs) / len(pairs))
     ref = {"aggregates": {"mia_min_k": 0.3}}
     with_ref = MuseEvaluator(max_length=256, verbmem_max_new_tokens=6, knowmem_max_new_tokens=4, max_items=3,
                              privleak_reference_auc=0.9).evaluate(model, tok, data, None, reference=ref)["aggregates"]
@@ -243,7 +244,8 @@ def test_whole_tiny_muse_run(tmp_path, muse_dir):
     assert 0 <= m["forget_verbmem_ROUGE"] <= 1 and 0 <= m["mia_min_k"] <= 1
     # PrivLeak of the unlearned model and of the target is measured against the retain reference's AUC
     assert m["privleak_reference_auc"] == ref["mia_min_k"] == tgt["privleak_reference_auc"]
-    assert m["privleak"] == pytest.approx(mia.privleak(m["mia_min_k"], ref["mia_min_k"]))
+    # MUSE's PrivLeak on MUSE's AUC (1 - ours): (AUC_unl - AUC_ref) / AUC_ref * 100
+    assert m["privleak"] == pytest.approx(((1 - m["mia_min_k"]) - (1 - ref["mia_min_k"])) / (1 - ref["mia_min_k"]) * 100)
     stage = json.loads((Path(rec["stages"]["target"]["path"]) / "stage.json").read_text())
     assert stage["n_examples"] > 8 + 3  # trained on chunks, not whole articles
     per_item = json.loads((out / "eval" / "muse.json").read_text())["per_item"]
