@@ -210,3 +210,20 @@ def test_a_null_objective_is_the_evaluators_headline_metric(data_dir):
         parts = validate(cfg)
         assert cfg.objective is None and objective_name(cfg, parts.evaluator) == expected
         assert expected in parts.evaluator.metric_names(parts.data)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("evaluator.max_new_tokens=-5", r"evaluator\.max_new_tokens=-5 must be a whole number >= 1"),
+    ("evaluator.max_items=0", r"evaluator\.max_items=0 must be a whole number >= 1 \(or null\)"),
+    ("evaluator.batch_size=-1", r"evaluator\.batch_size=-1 must be a whole number >= 1"),
+    ("method=npo method.ref_batch_size=0", r"method\.ref_batch_size=0 must be >= 1"),
+    ("trainer.max_steps=-5", r"trainer\.max_steps=-5 must be >= 1, or -1"),
+    ("trainer.weight_decay=-1", r"trainer\.weight_decay=-1.0 must be >= 0"),
+    ("trainer.max_grad_norm=-1", r"trainer\.max_grad_norm=-1.0 must be >= 0"),
+    ("trainer.lora.r=0", r"trainer\.lora: r=0 must be >= 1"),
+    ("+model.finetune.max_steps=0", r"model\.finetune\.max_steps=0 must be >= 1"),
+])
+def test_out_of_range_options_are_refused_before_any_work(override, message, data_dir):
+    """Found by setting every numeric key of the evaluator, method, trainer and generation groups out of range."""
+    with pytest.raises(UserError, match=message):
+        validate(compose(override.split()))

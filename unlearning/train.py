@@ -89,6 +89,14 @@ class TrainSettings:
             raise UserError(f"{where}.save_every={s.save_every} must be >= 0 (0 = no checkpoints)")
         if s.log_every < 1:
             raise UserError(f"{where}.log_every={s.log_every} must be >= 1")
+        if s.max_steps == 0 or s.max_steps < -1:
+            raise UserError(f"{where}.max_steps={s.max_steps} must be >= 1, or -1 for no cap (epochs decide)")
+        for key in ("weight_decay", "max_grad_norm"):
+            if getattr(s, key) < 0:
+                raise UserError(f"{where}.{key}={getattr(s, key)} must be >= 0 (0 = off)")
+        if s.lora.r < 1 or not s.lora.alpha > 0 or not 0 <= s.lora.dropout < 1:
+            raise UserError(f"{where}.lora: r={s.lora.r} must be >= 1, alpha={s.lora.alpha} > 0 and "
+                            f"dropout={s.lora.dropout} in [0, 1)")
         return s
 
 

@@ -40,6 +40,13 @@ class TofuEvaluator:
                                                       "compat"])
         # compat=openunlearning: OpenUnlearning's prompts, tokens, mask and batches (unlearning/eval/openunlearning.py)
         self.compat = ou.check(compat, "evaluator.compat")
+        for key, value, least in (("batch_size", batch_size, 1), ("max_new_tokens", max_new_tokens, 1),
+                                  ("max_items", max_items, 1)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
+                from unlearning.errors import UserError
+
+                raise UserError(f"evaluator.{key}={value!r} must be a whole number >= {least}"
+                                + (" (or null)" if key != "max_new_tokens" else ""))
         self.batch_size = batch_size or (ou.BATCH_SIZE if self.compat else 16)
         self.mask = ou.MASK if self.compat else "lengths"  # `unlearning-bench parity` also runs compat with "lengths"
         self.max_new_tokens, self.max_items = max_new_tokens, max_items

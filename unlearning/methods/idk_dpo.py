@@ -105,6 +105,9 @@ class IdkDPO(Method):
         self.beta, self.forget_weight, self.retain_weight = float(beta), float(forget_weight), float(retain_weight)
         self.refusals = [str(r) for r in refusals] if refusals is not None else None
         self.refusal_file, self.seed, self.ref_batch_size = refusal_file, int(seed), int(ref_batch_size)
+        if self.ref_batch_size < 1:
+            raise UserError(f"method.ref_batch_size={ref_batch_size} must be >= 1 (forget answers scored per batch "
+                            "for the reference log-probs)")
         self.share_prompt = bool(share_prompt)
         self.needs_retain = self.retain_weight > 0
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
+from unlearning.errors import UserError
 from unlearning.methods.base import Method, reject_unknown, require_coefficients, require_positive, sequence_logp
 from unlearning.methods.reference import attach_ref_logps, train_bf16
 
@@ -23,6 +24,9 @@ class NPO(Method):
         require_coefficients(self.name, retain_weight=retain_weight, forget_weight=forget_weight)
         self.beta, self.forget_weight, self.retain_weight = float(beta), float(forget_weight), float(retain_weight)
         self.ref_batch_size = int(ref_batch_size)
+        if self.ref_batch_size < 1:
+            raise UserError(f"method.ref_batch_size={ref_batch_size} must be >= 1 (forget answers scored per batch "
+                            "for the reference log-probs)")
         self.needs_retain = self.retain_weight > 0
 
     def prepare(self, model, tokenizer, forget, retain, ctx):
