@@ -42,6 +42,7 @@ class RunContext:
     load_kwargs: dict = field(default_factory=dict)   # model.dtype / attn_implementation / trust_remote_code
     provenance: dict = field(default_factory=dict)    # what determines the numbers besides the config
     resume_from: Path | None = None                   # the checkpoint this run continues from
+    training_eval: dict = field(default_factory=dict)  # curve / selection of the evaluations during training
 
 
 def pick_device(name: str) -> str:
@@ -125,7 +126,7 @@ def run(cfg: DictConfig, out_dir: str | Path, overrides: list[str] | None = None
         target, reference, stages = build_stages(cfg, ctx, parts)  # fine-tuned target, retain reference (cached)
         baselines, ref_result = evaluate_baselines(cfg, ctx, parts, target, reference)
         model, tok = load_model_to_unlearn(cfg, ctx, parts, target)
-        model = unlearn(ctx, parts, model, tok, target)            # method.prepare once, then the shared loop
+        model = unlearn(ctx, parts, model, tok, target, ref_result)  # method.prepare once, then the shared loop
         if cfg.save_model and is_main():
             save_model(model, tok, out_dir / "model")
         result = evaluate_unlearned(ctx, parts, model, tok, ref_result)
@@ -281,8 +282,13 @@ def load_model_to_unlearn(cfg: DictConfig, ctx: RunContext, parts: Parts, target
     return model.to(ctx.device), tok
 
 
-def unlearn(ctx: RunContext, parts: Parts, model, tok, target: Path):
+def unlearn(ctx: RunContext, parts: Parts, model, tok, target: Path, ref_result: dict | None = None):
     data, method = parts.data, parts.method
+    tracker = None
+    if parts.unlearn.eval_every:  # evaluation during training, and the checkpoint it selects (selection.py)
+        from unlearning.selection import EvalDuringTraining
+
+        tracker = EvalDuringTraining(parts.evaluator, parts.unlearn, tok, data, ctx, ref_result, ctx.logger)
     forget = [{**encode(tok, ex, ctx.max_length), "example": ex} for ex in data.forget]
     retain = [{**encode(tok, ex, ctx.max_length), "example": ex} for ex in data.retain] if data.retain else None
     t = time.perf_counter()
@@ -293,8 +299,11 @@ def unlearn(ctx: RunContext, parts: Parts, model, tok, target: Path):
                               training_fingerprint(ctx.cfg))
     model = train(model, method, forget, retain, parts.unlearn, tok.pad_token_id, logger=ctx.logger, desc="unlearn",
                   distributed=parts.distributed, device=ctx.device, checkpoints=checkpoints,
-                  rebuild=lambda: load_folder(target, **ctx.load_kwargs)[0])
+                  rebuild=lambda: load_folder(target, **ctx.load_kwargs)[0], on_step=tracker)
     ctx.timings["train_s"] = time.perf_counter() - t
+    if tracker is not None:
+        tracker.restore(model)
+        ctx.training_eval = tracker.record()
     return model
 
 
@@ -342,6 +351,7 @@ def make_record(cfg, ctx, parts, result, baselines, stages, overrides, t_start) 
         "objective": metrics.get(objective_name(cfg, parts.evaluator)),
         "training": parts.distributed.describe(parts.unlearn.batch_size, parts.unlearn.grad_accum),
         "resumed_from": str(ctx.resume_from) if ctx.resume_from else None,
+        **ctx.training_eval,  # "curve" and "selection" when trainer.eval_every is set
         "timings": ctx.timings, "stages": stages, "versions": versions(), "provenance": ctx.provenance,
         "config": OmegaConf.to_container(cfg, resolve=True),
     }

@@ -60,6 +60,9 @@ class TrainSettings:
     tf32: bool = True                    # TF32 matmuls on CUDA (no effect on CPU)
     compile: bool = False                # torch.compile the model's forward
     lora: LoraSettings = field(default_factory=LoraSettings)
+    eval_every: int = 0                  # evaluate every N optimiser steps during unlearning (0 = never)
+    eval: dict = field(default_factory=dict)  # evaluator options for those evaluations (e.g. max_items, generate)
+    select: str | None = None            # "metric:max|min": keep the weights of the best evaluation seen
 
     @classmethod
     def from_cfg(cls, cfg, where: str = "trainer") -> "TrainSettings":
@@ -94,6 +97,16 @@ class TrainSettings:
         for key in ("weight_decay", "max_grad_norm"):
             if getattr(s, key) < 0:
                 raise UserError(f"{where}.{key}={getattr(s, key)} must be >= 0 (0 = off)")
+        if s.eval_every < 0:
+            raise UserError(f"{where}.eval_every={s.eval_every} must be >= 0 (0 = no evaluation during training)")
+        if s.select is not None:
+            metric, _, direction = str(s.select).partition(":")
+            if not metric or direction not in ("max", "min"):
+                raise UserError(f"{where}.select={s.select!r} must be METRIC:max or METRIC:min "
+                                "(e.g. forget_Q_A_Prob:min)")
+            if s.eval_every < 1:
+                raise UserError(f"{where}.select={s.select} needs {where}.eval_every=N: it picks among the evaluations "
+                                "made during training")
         if s.lora.r < 1 or not s.lora.alpha > 0 or not 0 <= s.lora.dropout < 1:
             raise UserError(f"{where}.lora: r={s.lora.r} must be >= 1, alpha={s.lora.alpha} > 0 and "
                             f"dropout={s.lora.dropout} in [0, 1)")
@@ -147,7 +160,7 @@ class Checkpoints:
 
 def train(model, method, forget: list[dict], retain: list[dict] | None, settings: TrainSettings,
           pad_id: int, logger=None, desc: str = "unlearn", wrap_lora: bool = True, distributed=None,
-          device: str | None = None, checkpoints: Checkpoints | None = None, rebuild=None):
+          device: str | None = None, checkpoints: Checkpoints | None = None, rebuild=None, on_step=None):
     """Optimise `method.loss` over forget-anchored epochs on accelerate; returns the trained model.
 
     Every process of a distributed launch calls this (it is a collective): each takes its shard of every
@@ -174,11 +187,7 @@ def train(model, method, forget: list[dict], retain: list[dict] | None, settings
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
     global_batch = settings.batch_size * n
-    steps_per_epoch = math.ceil(len(forget) / global_batch / settings.grad_accum)
-    total = math.ceil(settings.epochs * steps_per_epoch)
-    if settings.max_steps > 0:
-        total = min(total, settings.max_steps) if settings.epochs > 0 else settings.max_steps
-    total = max(total, 1)
+    total = total_steps(settings, len(forget), n)
     scheduler = get_scheduler(settings.scheduler, optimizer, num_warmup_steps=int(settings.warmup_ratio * total),
                               num_training_steps=total, scheduler_specific_kwargs=dict(settings.scheduler_kwargs))
     # the scheduler stays unprepared: accelerate would step it once per process
@@ -234,11 +243,23 @@ def train(model, method, forget: list[dict], retain: list[dict] | None, settings
         bar.set_postfix(loss=f"{logs_acc['loss']:.3f}")
         if logger is not None and ((step + 1) % settings.log_every == 0 or step + 1 == total):
             logger.log({f"{desc}/{k}": v for k, v in logs_acc.items()}, step=step + 1)
+        if on_step is not None:  # evaluation during training (every process: the evaluation is split between them)
+            on_step(step + 1, total, acc.unwrap_model(wrapped))
+            wrapped.train()
         if checkpoints and checkpoints.every and (step + 1) % checkpoints.every == 0 and step + 1 < total:
             save(acc, checkpoints, step + 1)
         _fault_injection(step + 1)
     log.info("%s: %d steps in %.1f s", desc, total - first, time.perf_counter() - t0)
     return finish(acc, wrapped, distributed, settings, rebuild)
+
+
+def total_steps(settings: TrainSettings, n_forget: int, processes: int = 1) -> int:
+    """Optimiser steps of a run: forget-anchored epochs of the global batch, capped by max_steps."""
+    steps_per_epoch = math.ceil(n_forget / (settings.batch_size * processes) / settings.grad_accum)
+    total = math.ceil(settings.epochs * steps_per_epoch)
+    if settings.max_steps > 0:
+        total = min(total, settings.max_steps) if settings.epochs > 0 else settings.max_steps
+    return max(total, 1)
 
 
 def speed_switches(model, settings: TrainSettings, device: str) -> None:

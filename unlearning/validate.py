@@ -62,6 +62,7 @@ def validate(cfg: DictConfig) -> Parts:
     if hasattr(evaluator, "check_generation"):  # e.g. OpenUnlearning-compatible scoring has no guided decoding
         evaluator.check_generation(cfg.generation)
     check_objective(cfg, evaluator, data, attacks)
+    check_eval_during_training(cfg, unlearn, evaluator, data)
     check_subtraction(cfg)
     check_stage_paths(cfg)
     check_method_on_model(cfg, method, spec)  # after the stage paths: a hub-id target is a folder by now
@@ -73,6 +74,32 @@ def validate(cfg: DictConfig) -> Parts:
     check_distributed(cfg, distributed, method, attacks)
     check_resume(cfg)
     return Parts(data, spec, method, evaluator, logger, unlearn, finetune, attacks, distributed)
+
+
+def check_eval_during_training(cfg: DictConfig, unlearn, evaluator, data) -> None:
+    """trainer.eval_every / eval / select: an interval the run reaches, options and a metric the evaluator has."""
+    if not unlearn.eval_every:
+        return
+    from unlearning.distributed import world_size
+    from unlearning.selection import parse_select, subset
+    from unlearning.train import total_steps
+
+    total = total_steps(unlearn, len(data.forget), world_size())
+    if unlearn.eval_every > total:
+        raise UserError(f"trainer.eval_every={unlearn.eval_every} is larger than the run ({total} optimiser steps); "
+                        f"use 1..{total} (the last step is always evaluated)")
+    if OmegaConf.select(cfg, "distributed.strategy") in ("fsdp", "deepspeed_zero3"):
+        raise UserError("trainer.eval_every runs the evaluator inside the training loop, which under FSDP / ZeRO-3 "
+                        "would need the sharded weights gathered each time; not supported yet: use distributed=ddp")
+    if cfg.get("resume") not in (None, False) and unlearn.select:
+        raise UserError("trainer.select with resume: the curve and the best weights are not checkpointed yet; "
+                        "run without resume, or without trainer.select")
+    chosen, during = parse_select(unlearn.select), subset(evaluator, unlearn.eval)  # subset: unknown options refused
+    if chosen and chosen[0] not in during.metric_names(data):
+        names = sorted(during.metric_names(data))
+        raise UserError(f"trainer.select={unlearn.select}: {chosen[0]} is not a metric of the evaluation during "
+                        f"training (evaluator={evaluator.name} with trainer.eval={dict(unlearn.eval)}); choose one "
+                        f"of {', '.join(names)}")
 
 
 def check_method_on_model(cfg: DictConfig, method, spec) -> None:
