@@ -96,6 +96,13 @@ def reference_items(ref: dict, metric: str, n: int) -> list:
     return out
 
 
+def _shift(aggs: dict, a: str, b: str, width: int) -> str:
+    """aggs[a] - aggs[b], or '-' where one of the modes did not measure the metric (e.g. --no-generate)."""
+    if aggs.get(a) is None or aggs.get(b) is None:
+        return f"{'-':>{width}}"
+    return f"{aggs[a] - aggs[b]:>+{width}.4f}"
+
+
 def table(results: dict, ref: dict) -> list[str]:
     modes = list(results)
     head = f"{'metric':<28}{'OU (reference)':>15}" + "".join(f"{m:>15}" for m in modes)
@@ -120,9 +127,9 @@ def table(results: dict, ref: dict) -> list[str]:
                 theirs = reference_items(ref, metric, len(results["compat"]["per_item"][PREFIX[metric.split('_')[0]]]))
                 line += f"{max(abs(a - b) for a, b in zip(ours, theirs)):>19.2e}"
         if {"compat", "compat_lengths"} <= set(results):
-            line += f"{aggs['compat_lengths'] - aggs['compat']:>+12.4f}"
+            line += _shift(aggs, "compat_lengths", "compat", 12)
         if {"compat", "default"} <= set(results):
-            line += f"{aggs['default'] - aggs['compat']:>+15.4f}"
+            line += _shift(aggs, "default", "compat", 15)
         lines.append(line)
     if "compat" in results and "generation" in (results["compat"]["per_item"].get("forget") or [{}])[0]:
         same = total = 0
