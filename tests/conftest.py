@@ -79,3 +79,15 @@ def run_tiny(tmp_path, data_dir):
         return run(cfg, out or tmp_path / "run", list(overrides))
 
     return _run
+
+
+def write_tiny_checkpoint(folder: Path, data_dir: Path) -> Path:
+    """An HF-format folder (a tiny Llama and its BPE tokenizer trained on TOFU text), as a published checkpoint or a
+    hub snapshot would be laid out."""
+    from unlearning.data.tofu import load_tofu
+    from unlearning.models import TinyLlama
+
+    model, tok = TinyLlama().load(load_tofu(data_dir=str(data_dir), retain_authors=2).corpus)
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder

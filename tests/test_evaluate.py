@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, write_tiny_checkpoint
 
 FAST = ["dataset.retain_authors=2", "evaluator.max_items=4", "evaluator.max_new_tokens=8"]
 
@@ -24,15 +24,8 @@ def cli_eval(*args, entry="eval_main"):
 
 @pytest.fixture(scope="module")
 def tiny_folder(tmp_path_factory, data_dir) -> Path:
-    """An HF-format folder (a tiny Llama and its BPE tokenizer), as a published checkpoint would be."""
-    from unlearning.data.tofu import load_tofu
-    from unlearning.models import TinyLlama
-
-    model, tok = TinyLlama().load(load_tofu(data_dir=str(data_dir), retain_authors=2).corpus)
-    folder = tmp_path_factory.mktemp("published") / "model"
-    model.save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
+    """An HF-format folder, as a published checkpoint would be."""
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("published") / "model", data_dir)
 
 
 @pytest.fixture(scope="module")

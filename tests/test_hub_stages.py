@@ -15,7 +15,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, compose
+from conftest import ROOT, compose, write_tiny_checkpoint
 
 from unlearning.errors import UserError
 
@@ -24,16 +24,10 @@ COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 @pytest.fixture(scope="module")
 def hub_cache(tmp_path_factory, data_dir):
-    from unlearning.data.tofu import load_tofu
-    from unlearning.models import TinyLlama
-
-    model, tok = TinyLlama().load(load_tofu(data_dir=str(data_dir), retain_authors=2).corpus)
     root = tmp_path_factory.mktemp("hf") / "hub"
     for repo in ("open-unlearning/tofu_Tiny-Model_full", "open-unlearning/tofu_Tiny-Model_retain99"):
         entry = root / f"models--{repo.replace('/', '--')}"
-        snap = entry / "snapshots" / COMMIT
-        model.save_pretrained(snap)
-        tok.save_pretrained(snap)
+        write_tiny_checkpoint(entry / "snapshots" / COMMIT, data_dir)
         (entry / "refs").mkdir(parents=True)
         (entry / "refs" / "main").write_text(COMMIT)
     local = root.parent / "Tiny-Model"

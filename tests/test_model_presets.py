@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import CONF_DIR, ROOT, compose
+from conftest import CONF_DIR, ROOT, compose, write_tiny_checkpoint
 
 from unlearning.errors import UserError
 
@@ -35,14 +35,7 @@ def test_every_family_has_a_preset():
 @pytest.fixture(scope="module")
 def local_copy(tmp_path_factory, data_dir) -> Path:
     """A folder in a hub checkpoint's layout (config.json, safetensors, tokenizer files): a tiny Llama."""
-    from unlearning.data.tofu import load_tofu
-    from unlearning.models import TinyLlama
-
-    model, tok = TinyLlama().load(load_tofu(data_dir=str(data_dir), retain_authors=2).corpus)
-    folder = tmp_path_factory.mktemp("hub_copy") / "Llama-3.2-1B-Instruct"
-    model.save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("hub_copy") / "Llama-3.2-1B-Instruct", data_dir)
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
