@@ -7,9 +7,13 @@ from pathlib import Path
 
 import pytest
 from conftest import CONF_DIR, ROOT, compose
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 
-GROUPS = ["model", "dataset", "method", "evaluator", "trainer", "generation", "logger", "experiment"]
+GROUPS = ["model", "dataset", "method", "evaluator", "trainer", "generation", "logger", "experiment", "lm_eval"]
+# lm-eval presets name hub tasks (or, `local`, none yet): here, with the hub offline, building them must say so
+REFUSED_HERE = {("evaluator", "lm_eval"): "hub dataset cais/mmlu", ("lm_eval", "mmlu"): "hub dataset cais/mmlu",
+                ("lm_eval", "wmdp"): "hub dataset cais/wmdp", ("lm_eval", "local"): "names no task"}
 
 
 def options(group):
@@ -23,7 +27,10 @@ def test_every_option_composes(group, data_dir):
         extra = ["model.path=/nonexistent"] if (group, opt) == ("model", "hf") else []
         cfg = compose([f"{group}={opt}"] + extra)
         assert cfg.get(group) is not None or group == "experiment"
-        if group in ("method", "evaluator", "logger"):
+        if (group, opt) in REFUSED_HERE:
+            with pytest.raises(InstantiationException, match=REFUSED_HERE[group, opt]):
+                instantiate(cfg[group], _convert_="all")
+        elif group in ("method", "evaluator", "logger"):
             obj = instantiate(cfg[group], _convert_="all")
             assert obj is not None
 

@@ -64,5 +64,6 @@ def test_quoted_command_validates(page, cmd, procs, data_dir, monkeypatch, tmp_p
     args = [a for a in args if a != "--check"]
     monkeypatch.setenv("WORLD_SIZE", str(procs))
     monkeypatch.chdir(tmp_path)  # relative paths (outputs/...) resolve in a scratch folder
+    (tmp_path / "examples").symlink_to(ROOT / "examples")  # as from the repository root: examples/lm_eval/...
     check_overrides(args, CONF_DIR)
     assert validate_jobs(args, CONF_DIR) >= 1

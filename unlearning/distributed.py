@@ -162,6 +162,10 @@ class MainOnly:
     def evaluate(self, *args, **kwargs):
         return on_main(self._inner.evaluate, *args, **kwargs)
 
+    def guided(self):
+        """The part of the evaluator guidance applies to, still on rank 0 alone."""
+        return MainOnly(self._inner.guided()) if hasattr(self._inner, "guided") else self
+
     def __getattr__(self, name):
         return getattr(self._inner, name)
 

@@ -61,6 +61,7 @@ def pick_device(name: str) -> str:
 def cached_eval(ctx: RunContext, evaluator, model_path: Path, data, reference: dict | None, what: str) -> dict:
     """Evaluate a stage once; later runs (and sweep jobs) reuse the stored result."""
     key = {"model": str(model_path), "evaluator": OmegaConf.to_container(ctx.cfg.evaluator, resolve=True),
+           **({"lm_eval": OmegaConf.to_container(ctx.cfg.lm_eval, resolve=True)} if ctx.cfg.get("lm_eval") else {}),
            "generation": OmegaConf.to_container(ctx.cfg.generation, resolve=True), "data": data.name,
            "max_length": ctx.max_length, "reference": (reference or {}).get("aggregates"), "load": ctx.load_kwargs}
     path = cache_root(ctx.cache_dir) / "evals" / f"{what}-{short_hash(key)}.json"
@@ -80,13 +81,14 @@ def cached_eval(ctx: RunContext, evaluator, model_path: Path, data, reference: d
 def evaluate_all(ctx, evaluator, model, tok, data, reference) -> dict:
     """The configured evaluation, plus one per extra guidance scale (`generation.eval_scales`)."""
     result = evaluator.evaluate(model, tok, data, ctx, reference=reference)
+    scaled = evaluator.guided() if hasattr(evaluator, "guided") else evaluator  # lm-eval beside: not re-run per scale
     for entry in ctx.cfg.generation.get("eval_scales") or []:
         # an entry is a gamma (the configured mode) or {scale: gamma, mode: log|prob}
         change = dict(entry) if isinstance(entry, (dict, DictConfig)) else {"scale": entry}
         scale = float(change["scale"])
         gen = OmegaConf.merge(ctx.generation, {"guidance": change})
         tag = f"cfg{scale:g}" + (f"_{change['mode']}" if "mode" in change else "")
-        sub = evaluator.evaluate(model, tok, data, _with(ctx, generation=gen), reference=reference)
+        sub = scaled.evaluate(model, tok, data, _with(ctx, generation=gen), reference=reference)
         result["aggregates"].update({f"{k}@{tag}": v for k, v in sub["aggregates"].items()})
         result["per_item"][tag] = sub["per_item"]
     return result

@@ -29,6 +29,8 @@ def parse_select(spec: str | None) -> tuple[str, bool] | None:
 
 def subset(evaluator, options: dict):
     """A copy of the evaluator with the given options changed (each must be one of its settings)."""
+    if hasattr(evaluator, "with_options"):  # the benchmark with lm-eval beside it (eval/combined.py)
+        return evaluator.with_options(options)
     out = copy.copy(evaluator)
     for key, value in (options or {}).items():
         if value is None:  # null: the evaluator's own setting

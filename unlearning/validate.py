@@ -48,6 +48,7 @@ def validate(cfg: DictConfig) -> Parts:
         check_keys_and_types(group, cfg[group], (cfg.get("choices") or {}).get(group))
     check_top_level(cfg)
     data, spec, method, evaluator = (build(cfg[g]) for g in ("dataset", "model", "method", "evaluator"))
+    evaluator = with_lm_eval(cfg, evaluator)
     logger = build(cfg.logger)
     attacks = {str(name): build(node) for name, node in (cfg.get("attacks") or {}).items()}
     unlearn = TrainSettings.from_cfg(cfg.trainer)
@@ -74,6 +75,19 @@ def validate(cfg: DictConfig) -> Parts:
     check_distributed(cfg, distributed, method, attacks)
     check_resume(cfg)
     return Parts(data, spec, method, evaluator, logger, unlearn, finetune, attacks, distributed)
+
+
+def with_lm_eval(cfg: DictConfig, evaluator):
+    """`lm_eval=<preset>`: lm-eval-harness beside the benchmark's evaluator (eval/combined.py)."""
+    if cfg.get("lm_eval") is None:
+        return evaluator
+    if getattr(evaluator, "name", None) == "lm_eval":
+        raise UserError("evaluator=lm_eval already runs lm-eval; give its tasks with evaluator.tasks=[...] and drop "
+                        "lm_eval=, or pick a benchmark evaluator (tofu, muse, pii) to run lm-eval beside")
+    check_keys_and_types("lm_eval", cfg.lm_eval, (cfg.get("choices") or {}).get("lm_eval"))
+    from unlearning.eval.combined import WithLmEval
+
+    return WithLmEval(evaluator, build(cfg.lm_eval))
 
 
 def check_eval_during_training(cfg: DictConfig, unlearn, evaluator, data) -> None:
