@@ -23,6 +23,8 @@ from conftest import ROOT, compose
 BASE = ["model=tiny", "dataset=tofu", "dataset.retain_authors=2", "evaluator.max_items=6",
         "evaluator.max_new_tokens=16", "model.finetune.epochs=2", "trainer.max_steps=3", "trainer.lr=1e-3",
         "method=npo", "method.retain_weight=0", "attack=[quant8,paraphrase]"]
+# evaluation during training (likelihood metrics only) after steps 2 and 3: its curve is compared too
+EVAL = ["trainer.eval_every=2", "trainer.eval.generate=false"]
 
 
 def cli(*args: str, env: dict | None = None, launcher: list[str] | None = None, timeout: int = 300):
@@ -36,7 +38,8 @@ def torchrun(n: int) -> list[str]:
 
 
 def losses(run_dir: Path) -> list[float]:
-    return [row["unlearn/loss"] for row in map(json.loads, (run_dir / "train_log.jsonl").read_text().splitlines())]
+    rows = map(json.loads, (run_dir / "train_log.jsonl").read_text().splitlines())
+    return [row["unlearn/loss"] for row in rows if "unlearn/loss" in row]  # not the eval/* rows
 
 
 def numbers(record: dict) -> dict:
@@ -49,7 +52,7 @@ def single(tmp_path_factory, data_dir):
     from unlearning.run import run
 
     out = tmp_path_factory.mktemp("single")
-    record = run(compose(BASE + ["trainer.batch_size=4"]), out, [])
+    record = run(compose(BASE + EVAL + ["trainer.batch_size=4"]), out, [])
     return out, record
 
 
@@ -60,13 +63,16 @@ def test_two_processes_equal_one_with_the_same_global_batch(single, tmp_path):
     # the same target and reference as the one-process run (two processes would fine-tune their own: per-process batches)
     stages = [f"stage.{k}_path={v['path']}" for k, v in ref["stages"].items()]
     assert {s.split("=")[0] for s in stages} == {"stage.target_path", "stage.reference_path"}
-    p = cli("-m", *BASE, *stages, "trainer.batch_size=2", f"hydra.sweep.dir={sweep}", launcher=torchrun(2))
+    p = cli("-m", *BASE, *EVAL, *stages, "trainer.batch_size=2", f"hydra.sweep.dir={sweep}", launcher=torchrun(2))
     assert p.returncode == 0, p.stderr[-3000:]
     job = sweep / "0"
     record = json.loads((job / "results.json").read_text())
     assert record["training"] == {"strategy": "ddp", "processes": 2, "per_device_batch": 2, "grad_accum": 1,
                                   "global_batch": 4}
     assert losses(job) == pytest.approx(losses(ref_dir), abs=1e-5)
+    assert [c["step"] for c in record["curve"]] == [c["step"] for c in ref["curve"]] == [2, 3]
+    for two, one in zip(record["curve"], ref["curve"]):  # the curve, split between the processes, is one process's
+        assert two == pytest.approx(one, abs=1e-5)
     # evaluation split between the processes, attacks included: one process's numbers
     assert {"forget_Q_A_Prob@quant8", "forget_Q_A_Prob@paraphrase"} <= set(numbers(record))
     assert numbers(record) == pytest.approx(numbers(ref), abs=1e-5)
@@ -81,7 +87,7 @@ def test_two_processes_equal_one_with_the_same_global_batch(single, tmp_path):
 def test_kill_9_then_resume_ends_with_the_uninterrupted_numbers(single, tmp_path):
     _, ref = single
     run_dir = tmp_path / "run"
-    args = [*BASE, "trainer.batch_size=4", "trainer.save_every=1", f"hydra.run.dir={run_dir}"]
+    args = [*BASE, *EVAL, "trainer.batch_size=4", "trainer.save_every=1", f"hydra.run.dir={run_dir}"]
     killed = cli(*args, env={"UNLEARNING_FAULT_KILL_AFTER_STEP": "2"})
     assert killed.returncode == -9, killed.stderr[-2000:]
     assert not (run_dir / "results.json").exists()
@@ -93,6 +99,10 @@ def test_kill_9_then_resume_ends_with_the_uninterrupted_numbers(single, tmp_path
     record = json.loads((run_dir / "results.json").read_text())
     assert record["resumed_from"].endswith("step-2")
     assert numbers(record) == pytest.approx(numbers(ref), abs=1e-6)
+    # the curve survives the kill: step 2's evaluation came back from the checkpoint, step 3's was made after
+    assert [c["step"] for c in record["curve"]] == [2, 3]
+    for resumed_point, one in zip(record["curve"], ref["curve"]):
+        assert resumed_point == pytest.approx(one, abs=1e-6)
     assert not (run_dir / "checkpoints").exists()  # a finished run keeps no checkpoint
 
 

@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 from conftest import compose
+from test_methods import fresh, tiny  # noqa: F401  (the shared tiny-model fixture)
 
 from unlearning.errors import UserError
 from unlearning.selection import EvalDuringTraining, best_index
@@ -72,9 +73,77 @@ def test_a_whole_run_keeps_the_selected_weights(run_tiny, tmp_path):
     (["trainer.eval_every=1", "trainer.select=forget_Q_A_Prob"], r"must be METRIC:max or METRIC:min"),
     (["trainer.eval_every=1", "+trainer.eval.bogus=1"], r"trainer\.eval\.bogus: evaluator=tofu has no option"),
     (["trainer.eval_every=-1"], r"trainer\.eval_every=-1 must be >= 0"),
+    (["trainer.stop=forget_Q_A_Prob:below:0.1"], r"trainer\.stop=forget_Q_A_Prob:below:0.1 needs trainer\.eval_every"),
+    (["trainer.eval_every=1", "trainer.stop=forget_Q_A_Prob:under:0.1"], r"must be METRIC:below:VALUE or"),
+    (["trainer.eval_every=1", "trainer.stop=forget_Q_A_Prob:below:abc"], r"must be METRIC:below:VALUE or"),
+    (["trainer.eval_every=1", "trainer.stop=nope:below:0.1"], r"trainer\.stop=nope:below:0\.1: nope is not a metric"),
+    (["evaluator=pii", "dataset=synthetic_pii", "trainer.eval_every=1", "trainer.stop=leakage_rate:below:reference"],
+     r"evaluates no retain reference"),
 ])
 def test_bad_input_is_one_line_before_any_work(overrides, message, data_dir):
     from unlearning.validate import validate
 
     with pytest.raises(UserError, match=message):
         validate(compose(overrides))
+
+
+def test_the_stop_rule_ends_at_the_first_evaluation_past_the_threshold():
+    settings = TrainSettings(eval_every=1, stop="forget_Q_A_Prob:below:0.3")
+    tracker = EvalDuringTraining(Scripted([0.6, 0.4, 0.2, 0.1]), settings, None, None, None, None)
+    model = torch.nn.Linear(2, 1, bias=False)
+    assert [bool(tracker(step, 4, model)) for step in (1, 2, 3)] == [False, False, True]
+    assert tracker.record()["stopped"] == {"step": 3, "metric": "forget_Q_A_Prob", "value": 0.2, "threshold": 0.3,
+                                           "rule": "forget_Q_A_Prob < 0.3"}
+    # `reference`: the retain reference's value of the metric is the threshold
+    ref = EvalDuringTraining(Scripted([0.5, 0.45]), TrainSettings(eval_every=1, stop="forget_Q_A_Prob:below:reference"),
+                             None, None, None, {"aggregates": {"forget_Q_A_Prob": 0.47}})
+    assert [bool(ref(step, 4, model)) for step in (1, 2)] == [False, True]
+
+
+class WeightSum:
+    """A deterministic evaluation of the model itself: the sum of its output layer's weights."""
+
+    name = "weightsum"
+
+    def evaluate(self, model, tok, data, ctx, reference=None):
+        return {"aggregates": {"w": float(model.lm_head.weight.detach().double().sum())}}
+
+
+def test_the_loop_stops_when_the_stop_rule_says_so(tiny):  # noqa: F811
+    from test_methods import FORGET, items
+
+    from unlearning.methods.ga import GradientAscent
+    from unlearning.train import train
+
+    model, tok = fresh(tiny)
+    steps = []
+    train(model, GradientAscent(), items(tok, FORGET), None, TrainSettings(lr=1e-3, epochs=3, max_steps=5, batch_size=2),
+          tok.pad_token_id, on_step=lambda step, total, m: steps.append(step) or step == 2)
+    assert steps == [1, 2]  # step 2 said stop: steps 3-5 never ran
+
+
+def test_resume_in_the_middle_keeps_the_curve_and_the_best_so_far(tiny, tmp_path):  # noqa: F811
+    """4 steps evaluated after each, `w:min` (GA raises w here, so step 1 is chosen); run B resumes run A's step-2
+    checkpoint with a fresh tracker: the curve and the chosen step and weights must be run A's."""
+    from test_methods import FORGET, items
+
+    from unlearning.methods.ga import GradientAscent
+    from unlearning.train import Checkpoints, train
+
+    settings = TrainSettings(lr=1e-2, epochs=2, max_steps=4, batch_size=2, eval_every=1, select="w:min", max_grad_norm=0)
+
+    def run(checkpoints):
+        model, tok = fresh(tiny)
+        tracker = EvalDuringTraining(WeightSum(), settings, tok, None, None, None)
+        model = train(model, GradientAscent(), items(tok, FORGET), None, settings, tok.pad_token_id,
+                      checkpoints=checkpoints, on_step=tracker)
+        tracker.restore(model)
+        return tracker, model
+
+    a, model_a = run(Checkpoints(tmp_path / "ck", every=2))
+    assert (tmp_path / "ck" / "step-2" / "loop_state.pt").is_file()
+    b, model_b = run(Checkpoints(tmp_path / "ck2", every=0, resume_from=tmp_path / "ck" / "step-2"))
+    assert [c["step"] for c in b.curve] == [1, 2, 3, 4]
+    assert [c["w"] for c in b.curve] == pytest.approx([c["w"] for c in a.curve], abs=1e-9)
+    assert b.record()["selection"]["step"] == a.record()["selection"]["step"] == 1  # chosen before the resume point
+    assert torch.equal(model_a.lm_head.weight, model_b.lm_head.weight)  # the same chosen weights came back

@@ -27,6 +27,22 @@ def parse_select(spec: str | None) -> tuple[str, bool] | None:
     return metric, direction == "max"
 
 
+def parse_stop(spec: str, where: str = "trainer") -> tuple[str, str, float | str]:
+    """`METRIC:below:VALUE` or `METRIC:above:VALUE` -> (metric, '<' or '>', VALUE as a number, or 'reference': the
+    retain reference's value of that metric)."""
+    metric, _, rest = str(spec).partition(":")
+    side, _, value = rest.partition(":")
+    if metric and side in ("below", "above") and value:
+        if value == "reference":
+            return metric, "<" if side == "below" else ">", value
+        try:
+            return metric, "<" if side == "below" else ">", float(value)
+        except ValueError:
+            pass
+    raise UserError(f"{where}.stop={spec!r} must be METRIC:below:VALUE or METRIC:above:VALUE, VALUE a number or "
+                    "`reference` (the retain reference's value), e.g. trainer.stop=forget_Q_A_Prob:below:reference")
+
+
 def subset(evaluator, options: dict):
     """A copy of the evaluator with the given options changed (each must be one of its settings)."""
     if hasattr(evaluator, "with_options"):  # the benchmark with lm-eval beside it (eval/combined.py)
@@ -59,11 +75,13 @@ class EvalDuringTraining:
     def __init__(self, evaluator, settings, tok, data, ctx, reference, logger=None):
         self.evaluator = subset(evaluator, settings.eval)
         self.every, self.select = settings.eval_every, parse_select(settings.select)
+        self.stop = parse_stop(settings.stop) if getattr(settings, "stop", None) else None
+        self.stopped: dict | None = None
         self.tok, self.data, self.ctx, self.reference, self.logger = tok, data, ctx, reference, logger
         self.curve: list[dict] = []
         self.best_state: dict | None = None
 
-    def __call__(self, step: int, total: int, model) -> None:
+    def __call__(self, step: int, total: int, model) -> bool | None:
         if step % self.every and step != total:
             return
         aggregates = self.evaluator.evaluate(model, self.tok, self.data, self.ctx, reference=self.reference)["aggregates"]
@@ -79,6 +97,34 @@ class EvalDuringTraining:
             if best_index([c.get(metric) for c in self.curve], higher) == len(self.curve) - 1:
                 self.best_state = {k: p.detach().cpu().clone() for k, p in model.named_parameters() if p.requires_grad}
                 self.best_step = step
+        return self.should_stop(step, numbers)
+
+    def should_stop(self, step: int, numbers: dict) -> bool:
+        """The stop rule (`trainer.stop`): True once the metric is past the threshold."""
+        if self.stop is None:
+            return False
+        metric, op, threshold = self.stop
+        if threshold == "reference":
+            threshold = ((self.reference or {}).get("aggregates") or {}).get(metric)
+            if threshold is None:
+                raise UserError(f"trainer.stop={metric}{op}reference: the retain reference has no {metric}")
+        value = numbers.get(metric)
+        if value is None or not (value < threshold if op == "<" else value > threshold):
+            return False
+        self.stopped = {"step": step, "metric": metric, "value": value, "threshold": float(threshold),
+                        "rule": f"{metric} {op} {self.stop[2]}"}
+        log.info("stop rule: %s = %.6g %s %.6g at step %d", metric, value, op, threshold, step)
+        return True
+
+    def state_dict(self) -> dict:
+        """The curve and the best weights so far: a checkpoint carries them, so a resumed run keeps both."""
+        return {"curve": self.curve, "best_state": self.best_state, "best_step": getattr(self, "best_step", None)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.curve = list(state.get("curve") or [])
+        self.best_state = state.get("best_state")
+        if state.get("best_step") is not None:
+            self.best_step = state["best_step"]
 
     def restore(self, model) -> None:
         """The selected weights back into the trained model (a no-op when the last evaluation was the best)."""
@@ -98,4 +144,6 @@ class EvalDuringTraining:
                                 "step": self.curve[i]["step"], "value": self.curve[i][metric],
                                 "why": f"the {'highest' if higher else 'lowest'} {metric} of {len(self.curve)} "
                                        f"evaluations during training (steps {', '.join(str(c['step']) for c in self.curve)})"}
+        if self.stopped is not None:
+            out["stopped"] = self.stopped
         return out

@@ -63,6 +63,7 @@ class TrainSettings:
     eval_every: int = 0                  # evaluate every N optimiser steps during unlearning (0 = never)
     eval: dict = field(default_factory=dict)  # evaluator options for those evaluations (e.g. max_items, generate)
     select: str | None = None            # "metric:max|min": keep the weights of the best evaluation seen
+    stop: str | None = None              # "metric:below|above:value|reference": end training once an evaluation crosses it
 
     @classmethod
     def from_cfg(cls, cfg, where: str = "trainer") -> "TrainSettings":
@@ -107,6 +108,13 @@ class TrainSettings:
             if s.eval_every < 1:
                 raise UserError(f"{where}.select={s.select} needs {where}.eval_every=N: it picks among the evaluations "
                                 "made during training")
+        if s.stop is not None:
+            from unlearning.selection import parse_stop
+
+            parse_stop(s.stop, where)
+            if s.eval_every < 1:
+                raise UserError(f"{where}.stop={s.stop} needs {where}.eval_every=N: it reads the evaluations made during "
+                                "training")
         if s.lora.r < 1 or not s.lora.alpha > 0 or not 0 <= s.lora.dropout < 1:
             raise UserError(f"{where}.lora: r={s.lora.r} must be >= 1, alpha={s.lora.alpha} > 0 and "
                             f"dropout={s.lora.dropout} in [0, 1)")
@@ -188,6 +196,7 @@ def train(model, method, forget: list[dict], retain: list[dict] | None, settings
     optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
     global_batch = settings.batch_size * n
     total = total_steps(settings, len(forget), n)
+    per_epoch = math.ceil(len(forget) / global_batch / settings.grad_accum)
     scheduler = get_scheduler(settings.scheduler, optimizer, num_warmup_steps=int(settings.warmup_ratio * total),
                               num_training_steps=total, scheduler_specific_kwargs=dict(settings.scheduler_kwargs))
     # the scheduler stays unprepared: accelerate would step it once per process
@@ -212,7 +221,8 @@ def train(model, method, forget: list[dict], retain: list[dict] | None, settings
         return retain_rng.sample(retain, min(retain_bs, len(retain)))
 
     batches = forget_batches()
-    first = resume(acc, checkpoints, total, desc) if checkpoints and checkpoints.resume_from else 0
+    stateful = {"method": method, "on_step": on_step}  # what carries state between steps (PDU's dual variable, ...)
+    first = resume(acc, checkpoints, total, desc, stateful) if checkpoints and checkpoints.resume_from else 0
     for _ in range(first * settings.grad_accum):  # the data position: replay the seeded draws, no compute
         next(batches)
         if use_retain:
@@ -239,16 +249,22 @@ def train(model, method, forget: list[dict], retain: list[dict] | None, settings
             for k, v in terms.items():
                 logs_acc[k] = logs_acc.get(k, 0.0) + v / settings.grad_accum
         scheduler.step()
+        if hasattr(method, "after_step"):  # between steps: e.g. PDU's dual ascent, on terms every process shares
+            method.after_step(step + 1, step // per_epoch, logs_acc)
         logs_acc["lr"] = scheduler.get_last_lr()[0]
         bar.set_postfix(loss=f"{logs_acc['loss']:.3f}")
         if logger is not None and ((step + 1) % settings.log_every == 0 or step + 1 == total):
             logger.log({f"{desc}/{k}": v for k, v in logs_acc.items()}, step=step + 1)
+        stop = False
         if on_step is not None:  # evaluation during training (every process: the evaluation is split between them)
-            on_step(step + 1, total, acc.unwrap_model(wrapped))
+            stop = bool(on_step(step + 1, total, acc.unwrap_model(wrapped)))  # True: its stop rule says enough
             wrapped.train()
-        if checkpoints and checkpoints.every and (step + 1) % checkpoints.every == 0 and step + 1 < total:
-            save(acc, checkpoints, step + 1)
+        if checkpoints and checkpoints.every and (step + 1) % checkpoints.every == 0 and step + 1 < total and not stop:
+            save(acc, checkpoints, step + 1, stateful)
         _fault_injection(step + 1)
+        if stop:
+            log.info("%s: stopped after step %d of %d (trainer.stop)", desc, step + 1, total)
+            break
     log.info("%s: %d steps in %.1f s", desc, total - first, time.perf_counter() - t0)
     return finish(acc, wrapped, distributed, settings, rebuild)
 
@@ -301,8 +317,9 @@ def _mean_over_ranks(acc, terms: dict) -> dict:
     return dict(zip(keys, t.tolist()))
 
 
-def save(acc, checkpoints: Checkpoints, step: int) -> Path:
-    """The loop's whole state (model, optimizer, scheduler, RNGs) into step-N, atomically: tmp folder, then rename."""
+def save(acc, checkpoints: Checkpoints, step: int, stateful: dict | None = None) -> Path:
+    """The loop's whole state (model, optimizer, scheduler, RNGs, and the `state_dict` of the method and the
+    evaluation during training) into step-N, atomically: tmp folder, then rename."""
     from unlearning.distributed import broadcast, wait
     from unlearning.results import write_json
 
@@ -316,6 +333,8 @@ def save(acc, checkpoints: Checkpoints, step: int) -> Path:
     acc.save_state(str(tmp))  # every rank: its RNG state; rank 0 (or every shard holder) the rest
     wait()
     if acc.is_main_process:
+        torch.save({k: v.state_dict() for k, v in (stateful or {}).items() if hasattr(v, "state_dict")},
+                   tmp / "loop_state.pt")
         write_json(tmp / "loop.json", {"step": step, "fingerprint": checkpoints.fingerprint})
         shutil.rmtree(folder, ignore_errors=True)
         os.replace(tmp, folder)
@@ -327,13 +346,18 @@ def save(acc, checkpoints: Checkpoints, step: int) -> Path:
     return folder
 
 
-def resume(acc, checkpoints: Checkpoints, total: int, desc: str) -> int:
-    """Load a checkpoint's state into the prepared objects; returns the step it ends at."""
+def resume(acc, checkpoints: Checkpoints, total: int, desc: str, stateful: dict | None = None) -> int:
+    """Load a checkpoint's state into the prepared objects (and the method / evaluation-during-training state);
+    returns the step it ends at."""
     path = Path(checkpoints.resume_from)
     step = int(json.loads((path / "loop.json").read_text())["step"])
     if step >= total:
         raise UserError(f"checkpoint {path} is at step {step}, but this run trains for {total} steps")
     acc.load_state(str(path))
+    saved = torch.load(path / "loop_state.pt", weights_only=True) if (path / "loop_state.pt").is_file() else {}
+    for key, obj in (stateful or {}).items():
+        if key in saved and hasattr(obj, "load_state_dict"):
+            obj.load_state_dict(saved[key])
     log.info("%s: resumed from %s (step %d of %d)", desc, path, step, total)
     return step
 

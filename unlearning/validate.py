@@ -95,7 +95,7 @@ def check_eval_during_training(cfg: DictConfig, unlearn, evaluator, data) -> Non
     if not unlearn.eval_every:
         return
     from unlearning.distributed import world_size
-    from unlearning.selection import parse_select, subset
+    from unlearning.selection import parse_select, parse_stop, subset
     from unlearning.train import total_steps
 
     total = total_steps(unlearn, len(data.forget), world_size())
@@ -105,10 +105,15 @@ def check_eval_during_training(cfg: DictConfig, unlearn, evaluator, data) -> Non
     if OmegaConf.select(cfg, "distributed.strategy") in ("fsdp", "deepspeed_zero3"):
         raise UserError("trainer.eval_every runs the evaluator inside the training loop, which under FSDP / ZeRO-3 "
                         "would need the sharded weights gathered each time; not supported yet: use distributed=ddp")
-    if cfg.get("resume") not in (None, False) and unlearn.select:
-        raise UserError("trainer.select with resume: the curve and the best weights are not checkpointed yet; "
-                        "run without resume, or without trainer.select")
     chosen, during = parse_select(unlearn.select), subset(evaluator, unlearn.eval)  # subset: unknown options refused
+    if unlearn.stop:
+        metric, _, threshold = parse_stop(unlearn.stop)
+        if metric not in during.metric_names(data):
+            raise UserError(f"trainer.stop={unlearn.stop}: {metric} is not a metric of the evaluation during training "
+                            f"(evaluator={evaluator.name}); choose one of {', '.join(sorted(during.metric_names(data)))}")
+        if threshold == "reference" and not getattr(evaluator, "uses_reference", False):
+            raise UserError(f"trainer.stop={unlearn.stop}: evaluator={evaluator.name} evaluates no retain reference to "
+                            "compare with; give a number instead of `reference`")
     if chosen and chosen[0] not in during.metric_names(data):
         names = sorted(during.metric_names(data))
         raise UserError(f"trainer.select={unlearn.select}: {chosen[0]} is not a metric of the evaluation during "

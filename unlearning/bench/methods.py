@@ -24,7 +24,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 DEFAULT = ("ga,graddiff,npo,npo:retain_weight=0,npo_live_ref:retain_weight=0,simnpo,idk_dpo,idk_dpo:retain_weight=0,rmu,"
-           "wga,satimp,ceu,undial")
+           "wga,satimp,ceu,undial,llmu,pdu")
 CONF = Path(__file__).resolve().parents[2] / "conf" / "method"
 
 

@@ -57,6 +57,11 @@ class Method:
     def loss(self, model, batch: dict) -> tuple[torch.Tensor, dict]:
         raise NotImplementedError
 
+    # A method whose state changes during training (PDU's dual variable) also defines
+    #   after_step(step, epochs_done, terms): called by the loop after each optimiser step with the step's logged
+    #     terms (averaged over micro-batches and processes: every process sees the same numbers);
+    #   state_dict() -> dict / load_state_dict(dict): saved into every checkpoint, put back on resume.
+
     def with_retain_nll(self, model, batch: dict, loss: torch.Tensor, logs: dict) -> tuple[torch.Tensor, dict]:
         """`loss + retain_weight * NLL(retain)` when the retain term is on (the methods' shared retain term)."""
         if self.needs_retain:
