@@ -64,14 +64,15 @@ def ensure_stage(kind: str, spec, corpus: list[str], examples: list[Example], se
         log.info("stage %s: fine-tuning on %d examples -> %s", kind, len(examples), folder)
         model, tok = spec.load(corpus)
         model.to(device)
-        items = [encode(tok, ex, max_length) for ex in examples]
         partial = folder.with_name(folder.name + ".partial") / "checkpoints"
-        checkpoints = Checkpoints(partial, settings.save_every, latest_checkpoint(partial), key)
-        model = train(model, FineTune(), items, None, settings, tok.pad_token_id, desc=f"finetune {kind}",
-                      distributed=distributed, device=device, checkpoints=checkpoints,
-                      rebuild=lambda: spec.load(corpus)[0])
+        if examples:  # no examples (WMDP): the model as it is is the stage, saved once like a fine-tuned one
+            items = [encode(tok, ex, max_length) for ex in examples]
+            checkpoints = Checkpoints(partial, settings.save_every, latest_checkpoint(partial), key)
+            model = train(model, FineTune(), items, None, settings, tok.pad_token_id, desc=f"finetune {kind}",
+                          distributed=distributed, device=device, checkpoints=checkpoints,
+                          rebuild=lambda: spec.load(corpus)[0])
         if is_main():
-            if settings.lora.enabled:
+            if settings.lora.enabled and examples:
                 model = model.merge_and_unload()
             tmp = folder.with_name(folder.name + ".tmp")
             shutil.rmtree(tmp, ignore_errors=True)

@@ -55,7 +55,8 @@ def validate(cfg: DictConfig) -> Parts:
     finetune = TrainSettings.from_cfg({"seed": cfg.seed, **OmegaConf.to_container(cfg.model.finetune, resolve=True)},
                                       where="model.finetune")
     check_steps(unlearn, len(data.forget), "trainer")
-    check_steps(finetune, len(data.target_train), "model.finetune")
+    if data.target_train:  # empty: the dataset's target is the model as it is (WMDP), nothing to fine-tune
+        check_steps(finetune, len(data.target_train), "model.finetune")
     method.check(bool(data.retain))
     check_method_on_data(cfg, method, data)
     check_evaluator_on_data(cfg, evaluator, data)
