@@ -151,18 +151,23 @@ def validate(*overrides):
 
 
 def test_bad_lm_eval_settings_are_one_line_each_before_any_work(tasks, data_dir):
+    from unlearning.eval.lm_eval_harness import LmEvalEvaluator
+
+    # the evaluator's own checks, then those that need the composed run (presets, other groups)
     with pytest.raises(UserError, match="'no_such_task' is not one lm-eval knows"):
-        validate("evaluator=lm_eval", f"evaluator.include_path={tasks}", "evaluator.tasks=[no_such_task]")
+        LmEvalEvaluator(tasks=["no_such_task"], include_path=str(tasks))
+    with pytest.raises(UserError, match="limit=1.5 must be"):
+        LmEvalEvaluator(tasks=["tiny_mc"], include_path=str(tasks), limit=1.5)
+    with pytest.raises(UserError, match="tasks=\\[\\] names no task"):
+        LmEvalEvaluator(tasks=[])
+    with pytest.raises(UserError, match="include_path=.* is not a folder"):
+        LmEvalEvaluator(tasks=["tiny_mc"], include_path="/no/such/folder")
     with pytest.raises(UserError, match="hub dataset cais/mmlu .* the hub is offline"):
         validate("lm_eval=mmlu")
     with pytest.raises(UserError, match="hub dataset cais/wmdp"):
         validate("lm_eval=wmdp")
-    with pytest.raises(UserError, match="limit=1.5 must be"):
-        validate("lm_eval=local", f"lm_eval.include_path={tasks}", "lm_eval.tasks=[tiny_mc]", "lm_eval.limit=1.5")
     with pytest.raises(UserError, match="tasks=\\[\\] names no task"):
         validate("lm_eval=local")
-    with pytest.raises(UserError, match="include_path=.* is not a folder"):
-        validate("lm_eval=local", "lm_eval.include_path=/no/such/folder", "lm_eval.tasks=[tiny_mc]")
     with pytest.raises(UserError, match="evaluator=lm_eval already runs lm-eval"):
         validate("evaluator=lm_eval", f"evaluator.include_path={tasks}", "evaluator.tasks=[tiny_mc]", "lm_eval=mmlu")
     with pytest.raises(UserError, match="guidance .* does not apply"):

@@ -152,3 +152,38 @@ def test_seeds_are_grouped_with_mean_and_t_interval(tmp_path):
     assert "## Grouped over seeds" in md and "| method=ga | 0, 1, 2 | 3 | 0.2 ± 0.25 |" in md
     assert (sweep / "plots" / "tradeoff_seeds.png").is_file() and (sweep / "report_seeds.csv").is_file()
     assert "forget_quality:ci95" in (sweep / "report_seeds.csv").read_text().splitlines()[0]
+
+
+def test_curves_are_drawn_against_the_step_one_line_per_job(sweep):
+    """Jobs 0 and 2 evaluated during training (hand-made curves); the others did not and draw no line."""
+    for job, curve in {"0": [{"step": 2, "forget_quality": 0.05, "forget_Q_A_Prob": 0.9},
+                             {"step": 4, "forget_quality": 0.10, "forget_Q_A_Prob": 0.7}],
+                       "2": [{"step": 2, "forget_quality": 0.20}, {"step": 4, "forget_quality": 0.30},
+                             {"step": 6, "forget_quality": 0.25}]}.items():
+        path = sweep / job / "results.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "curve": curve}))
+    out = report(sweep)
+    assert sweep / "plots" / "curves.png" in out["plots"]
+    assert mpimg.imread(sweep / "plots" / "curves.png").shape[0] > 100
+    assert out["curves"]["forget_quality"] == {"0": [(2, 0.05), (4, 0.10)], "2": [(2, 0.20), (4, 0.30), (6, 0.25)]}
+    assert out["curves"]["forget_Q_A_Prob"] == {"0": [(2, 0.9), (4, 0.7)]}
+    assert list(out["curves"])[0] == "forget_quality"  # the trade-off's forget axis leads
+
+
+def test_the_sweep_summary_has_the_seed_groups_too(tmp_path):
+    """The same hand-computed groups as above, in summary.json / summary_seeds.csv (what the sweep callback writes)."""
+    from unlearning.sweep import collect, write_summary
+
+    sweep = tmp_path / "sweep"
+    values = [("ga", 0, 0.1), ("ga", 1, 0.2), ("ga", 2, 0.3), ("npo", 0, 0.5), ("npo", 1, 0.7)]
+    for job, (method, seed, fq) in enumerate(values):
+        ov = [f"method={method}", f"seed={seed}"]
+        make_job(sweep, str(job), ov, {"status": "ok", "overrides": ov, "method": method,
+                                       "metrics": {"forget_quality": fq}, "baselines": {}})
+    write_summary(sweep, collect(sweep))
+    groups = {g["group"]: g for g in json.loads((sweep / "summary.json").read_text())["seed_groups"]}
+    assert groups["method=ga"]["metrics"]["forget_quality"]["ci95"] == pytest.approx(0.248414, abs=1e-6)
+    assert groups["method=npo"]["metrics"]["forget_quality"]["mean"] == pytest.approx(0.6)
+    rows = list(csv.DictReader((sweep / "summary_seeds.csv").read_text().splitlines()))
+    assert [(r["group"], r["n"], r["seeds"]) for r in rows] == [("method=ga", "3", "0 1 2"), ("method=npo", "2", "0 1")]
+    assert float(rows[1]["forget_quality:ci95"]) == pytest.approx(1.270620, abs=1e-6)

@@ -2,13 +2,15 @@
 
 Reads every job folder's results.json (failed and missing jobs are listed, not dropped) and
 writes into the sweep folder: report.csv, report.md and plots/ (PNG): the forget-side metric
-against utility per job, coloured by method, with the Pareto front; and, for each swept
-hyperparameter, every metric against it.
+against utility per job, coloured by method, with the Pareto front; for each swept
+hyperparameter, every metric against it; and, where jobs evaluated during training
+(`trainer.eval_every`), each curve metric against the step, one line per job (plots/curves.png).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import re
 import sys
@@ -171,6 +173,59 @@ def plot_param(rows, param: str, metrics: list[str], path: Path, others: list[st
     plt.close(fig)
 
 
+def read_curves(sweep_dir: Path, ok: list[dict]) -> dict[str, list[dict]]:
+    """Each job's evaluations during training (`curve` in its results.json, `trainer.eval_every`)."""
+    out = {}
+    for r in ok:
+        try:
+            curve = json.loads((sweep_dir / r["job"] / "results.json").read_text(encoding="utf-8")).get("curve")
+        except (OSError, json.JSONDecodeError):
+            continue
+        if curve:
+            out[r["job"]] = curve
+    return out
+
+
+def plot_curves(ok: list[dict], curves: dict[str, list[dict]], metrics: list[str], params: list[str],
+                path: Path) -> dict[str, dict[str, list[tuple[int, float]]]]:
+    """One panel per metric against the training step, one line per job (labelled by its method and swept values);
+    returns what was drawn: metric -> job -> [(step, value)]."""
+    import matplotlib.pyplot as plt
+
+    labels = {r["job"]: " ".join([str(r["method"])] + [f"{p}={parse_overrides(r['overrides']).get(p)}" for p in params
+                                                        if p != "method"]) for r in ok}
+    colours = _colours([str(r["method"]) for r in ok])
+    method = {r["job"]: str(r["method"]) for r in ok}
+    drawn: dict[str, dict[str, list[tuple[int, float]]]] = {}
+    ncols = min(3, len(metrics))
+    fig, axes = plt.subplots(math.ceil(len(metrics) / ncols), ncols, figsize=(4.2 * ncols, 3.2 * math.ceil(
+        len(metrics) / ncols)), squeeze=False)
+    for ax, m in zip(axes.flat, metrics):
+        for job, curve in curves.items():
+            line = [(int(c["step"]), float(c[m])) for c in curve if _num(c.get(m)) is not None]
+            if line:
+                drawn.setdefault(m, {})[job] = line
+                ax.plot([x for x, _ in line], [y for _, y in line], marker="o", ms=3, lw=1,
+                        color=colours.get(method.get(job)), label=labels.get(job, job))
+        ax.set_title(m, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        plain_ticks(ax)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(metrics):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=6)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+    return drawn
+
+
+def curve_metrics(curves: dict[str, list[dict]], preferred: list[str], limit: int = 6) -> list[str]:
+    """The metrics to draw against the step: the trade-off axes first, then the others the curves hold."""
+    held = list(dict.fromkeys(k for curve in curves.values() for c in curve for k in c if k != "step"))
+    return ([m for m in preferred if m in held] + [m for m in held if m not in preferred])[:limit]
+
+
 ROBUSTNESS_DEFAULTS = ["forget_Q_A_Prob", "leakage_rate", "forget_knowmem_ROUGE"]  # each evaluator's headline
 
 
@@ -251,6 +306,16 @@ def seed_groups(rows: list[dict], params: list[str], metrics: list[str]) -> list
                     "seeds": sorted({parse_overrides(r["overrides"]).get("seed", "(default)") for r in members}),
                     "metrics": stats_by_metric})
     return out
+
+
+def seeds_csv(groups: list[dict]) -> str:
+    """The seed groups as CSV: group, n, seeds, then <metric>:mean and <metric>:ci95 per metric."""
+    flat = [{"group": g["group"], "n": max(st["n"] for st in g["metrics"].values()), "seeds": " ".join(g["seeds"]),
+             **{f"{m}:{k}": st[k] for m, st in g["metrics"].items() for k in ("mean", "ci95")}}
+            for g in groups if g["metrics"]]
+    keys = list(dict.fromkeys(k for row in flat for k in row))
+    lines = [",".join(keys)] + [",".join("" if row.get(k) is None else str(row.get(k)) for k in keys) for row in flat]
+    return "\n".join(lines) + "\n"
 
 
 def plot_tradeoff_groups(groups, forget: tuple[str, bool], utility: tuple[str, bool], baselines: dict,
@@ -386,23 +451,27 @@ def report(sweep_dir: str | Path, forget: str | None = None, utility: str | None
             plot_param(rows, p, metrics, plots[-1], [o for o in params if o not in (p, "method")])
         if plot_robustness(ok, baselines, plots_dir / "robustness.png"):
             plots.append(plots_dir / "robustness.png")
+    curves = read_curves(sweep_dir, ok)
+    if curves:  # trainer.eval_every: each metric against the step, one line per job
+        plots_dir.mkdir(exist_ok=True)
+        plots.append(plots_dir / "curves.png")
+        chosen = curve_metrics(curves, [a[0] for a in (f_axis, u_axis) if a])
+        drawn = plot_curves(ok, curves, chosen, params, plots[-1])
+    else:
+        drawn = {}
     groups, group_front = (seed_groups(ok, params, metrics) if "seed" in params else []), []
     if groups:
         if f_axis and u_axis:
             plots.append(plots_dir / "tradeoff_seeds.png")
             group_front = plot_tradeoff_groups(groups, f_axis, u_axis, baselines, plots[-1])
-        flat = [{"group": g["group"], "n": max(st["n"] for st in g["metrics"].values()), "seeds": " ".join(g["seeds"]),
-                 **{f"{m}:{k}": st[k] for m, st in g["metrics"].items() for k in ("mean", "ci95")}} for g in groups]
-        keys = list(dict.fromkeys(k for row in flat for k in row))
-        lines = [",".join(keys)] + [",".join("" if row.get(k) is None else str(row.get(k)) for k in keys) for row in flat]
-        atomic_write(sweep_dir / "report_seeds.csv", "\n".join(lines) + "\n")
+        atomic_write(sweep_dir / "report_seeds.csv", seeds_csv(groups))
     rows_csv = [{**r, **{f"param:{p}": parse_overrides(r["overrides"]).get(p) for p in params},
                  "pareto": r["job"] in front} for r in rows]
     atomic_write(sweep_dir / "report.csv", to_csv(rows_csv, extra=[f"param:{p}" for p in params] + ["pareto"]))
     axes = (f_axis, u_axis) if f_axis and u_axis else None
     atomic_write(sweep_dir / "report.md", markdown(sweep_dir, rows, params, metrics, axes, front, plots, baselines,
                                                    groups, group_front))
-    return {"rows": rows, "params": params, "pareto": front, "plots": plots, "axes": axes, "groups": groups,
+    return {"rows": rows, "params": params, "pareto": front, "plots": plots, "axes": axes, "groups": groups, "curves": drawn,
             "group_pareto": group_front, "csv": sweep_dir / "report.csv", "md": sweep_dir / "report.md"}
 
 

@@ -27,6 +27,7 @@ except ImportError:  # pragma: no cover
     Callback = object
 
 SUMMARY_JSON, SUMMARY_CSV, LOCK = "summary.json", "summary.csv", ".summary.lock"
+SUMMARY_SEEDS_CSV = "summary_seeds.csv"  # the jobs that differ only in seed, grouped (mean, 95% t interval)
 FIXED = ["job", "status", "wall_s", "method", "dataset", "model", "objective", "overrides", "error"]
 
 
@@ -140,8 +141,26 @@ def write_summary(sweep_dir: str | Path, rows: list[dict]) -> None:
     rows = sorted(rows, key=lambda r: _job_key(r["job"]))
     counts = {s: sum(r["status"] == s for r in rows) for s in ("ok", "diverged", "failed", "missing")}
     doc = {"sweep_dir": str(sweep_dir), "updated": time.strftime("%Y-%m-%dT%H:%M:%S"), "counts": counts, "jobs": rows}
+    groups = seed_groups_of(rows)
+    if groups:  # jobs that differ only in seed: mean and 95% t interval per metric (report.seed_groups)
+        doc["seed_groups"] = groups
     atomic_write(sweep_dir / SUMMARY_JSON, json.dumps(doc, indent=2, default=str))
     atomic_write(sweep_dir / SUMMARY_CSV, to_csv(rows))
+    if groups:
+        from unlearning.report import seeds_csv
+
+        atomic_write(sweep_dir / SUMMARY_SEEDS_CSV, seeds_csv(groups))
+
+
+def seed_groups_of(rows: list[dict]) -> list[dict]:
+    """The summary's grouped rows, when `seed` is swept and some ok jobs share everything else."""
+    from unlearning.report import seed_groups, swept_params
+
+    ok = [r for r in rows if r["status"] == "ok"]
+    params = swept_params(rows)
+    if "seed" not in params or not ok:
+        return []
+    return seed_groups(ok, params, metric_names(ok))
 
 
 def update_row(sweep_dir: str | Path, row: dict) -> None:

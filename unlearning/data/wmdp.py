@@ -13,6 +13,7 @@ so the target stage is the base model itself (`target_train` is empty) and no re
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from unlearning.data.base import Example, UnlearningData
@@ -42,13 +43,16 @@ def read_corpus(folder: Path | None, name: str) -> list[str]:
         raise UserError(f"WMDP corpus {name!r}: no file {where} and no hub copy is known; give one of "
                         f"{sorted(HUB)} or put {name}.jsonl in dataset.path")
     repo, config = HUB[name]
+    local = f"{folder}/{name}.jsonl" if folder is not None else f"$UNLEARNING_DATA_DIR/wmdp/{name}.jsonl"
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        raise UserError(f"WMDP corpus {name!r}: {local} does not exist and the hub is offline (HF_HUB_OFFLINE=1), so "
+                        f"its hub copy {repo} cannot be loaded; put the file there (WMDP's data/ layout)")
     try:
         from datasets import load_dataset
 
         split = "test" if name == "wikitext" else "train"
         return [str(r["text"]) for r in load_dataset(repo, config, split=split)]
-    except Exception as e:  # offline, gated, or not there: one line, with the fix
-        local = f"{folder}/{name}.jsonl" if folder is not None else f"$UNLEARNING_DATA_DIR/wmdp/{name}.jsonl"
+    except Exception as e:  # unreachable, gated, or not there: one line, with the fix
         raise UserError(f"WMDP corpus {name!r}: {local} does not exist and the hub copy {repo} could not be loaded "
                         f"({type(e).__name__}); put the file there (WMDP's data/ layout) or run where the hub is "
                         "reachable") from None

@@ -28,11 +28,14 @@ LOCAL_BUILDERS = {"json", "csv", "parquet", "text", "arrow"}  # datasets' file l
 
 
 @functools.lru_cache(maxsize=4)
-def task_manager(include_path: str | None):
-    """lm-eval's task index (it reads ~15k YAML files: several seconds, so once per process and path)."""
+def task_manager(include_path: str | None, defaults: bool = True):
+    """lm-eval's task index: the built-in ~15k YAML files take seconds to read, so once per process and path, and
+    not at all when every task asked for is in `include_path` (`defaults=False`)."""
     from lm_eval.tasks import TaskManager
 
-    return TaskManager(include_path=include_path) if include_path else TaskManager()
+    if include_path:
+        return TaskManager(include_path=include_path, include_defaults=defaults)
+    return TaskManager()
 
 
 def leaves(manager, name: str, seen: frozenset = frozenset()) -> list[tuple[str, dict]]:
@@ -116,9 +119,15 @@ class LmEvalEvaluator:
         first = sorted(n for n in self.metric_names() if n.startswith(f"lm_eval/{self.tasks[0]}/"))
         self.objective = first[0] if first else None  # e.g. lm_eval/mmlu/acc
 
+    def manager(self):
+        """The task index: the user's folder alone when it holds every task asked for, else with lm-eval's own."""
+        if self.include_path and all(leaves(task_manager(self.include_path, False), t) for t in self.tasks):
+            return task_manager(self.include_path, False)
+        return task_manager(self.include_path)
+
     def check_tasks(self) -> dict[str, list[tuple[str, dict]]]:
         """Every task exists, and a hub dataset is reachable or cached: one line otherwise, before any work."""
-        manager = task_manager(self.include_path)
+        manager = self.manager()
         known = {}
         for task in self.tasks:
             found = leaves(manager, task)
@@ -159,7 +168,7 @@ class LmEvalEvaluator:
     def metric_names(self, data=None) -> set[str]:
         """The metrics lm-eval will report: every requested task, group and member task, from their YAMLs."""
         names = set()
-        manager = task_manager(self.include_path)
+        manager = self.manager()
         for task in self.tasks:
             entry = manager.task_index.get(task)
             for agg in ((entry.cfg or {}).get("aggregate_metric_list") or [] if entry is not None else []):
@@ -190,7 +199,7 @@ class LmEvalEvaluator:
             with precision(model, gen.get("bf16", False)):
                 out = lm_eval.simple_evaluate(
                     model=lm, tasks=list(self.tasks), num_fewshot=self.num_fewshot, limit=self.limit,
-                    task_manager=task_manager(self.include_path), log_samples=True, bootstrap_iters=0,
+                    task_manager=self.manager(), log_samples=True, bootstrap_iters=0,
                     apply_chat_template=self.apply_chat_template, system_instruction=self.system_instruction,
                     random_seed=self.seed, numpy_random_seed=self.seed, torch_random_seed=self.seed,
                     fewshot_random_seed=self.seed)
