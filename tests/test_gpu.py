@@ -58,3 +58,20 @@ def test_graddiff_kl_frozen_copy_sharded(tmp_path, data_dir):
     assert p1.returncode == 0 and p2.returncode == 0, (p1.stderr[-2000:], p2.stderr[-2000:])
     assert "retain_kl" in (fsdp / "train_log.jsonl").read_text()
     assert losses(fsdp) == pytest.approx(losses(ddp), abs=1e-4)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
+def test_fsdp_evaluates_during_training_on_rank_0_with_ddps_curve(tmp_path, data_dir):
+    """Under FSDP the weights are gathered into one copy on rank 0 for each evaluation during training; its curve and
+    the step `select` keeps must be DDP's (where every process evaluates its share)."""
+    ddp, fsdp = tmp_path / "ddp", tmp_path / "fsdp"
+    args = [*CORE, "device=cuda", "trainer.batch_size=2", "trainer.eval_every=1", "trainer.eval.generate=false",
+            "trainer.select=forget_Q_A_Prob:max"]
+    p1 = cli(*args, "distributed=ddp", f"hydra.run.dir={ddp}", launcher=torchrun(2))
+    p2 = cli(*args, "distributed=fsdp", f"hydra.run.dir={fsdp}", launcher=torchrun(2))
+    assert p1.returncode == 0 and p2.returncode == 0, (p1.stderr[-2000:], p2.stderr[-2000:])
+    a, b = (json.loads((d / "results.json").read_text()) for d in (ddp, fsdp))
+    assert [c["step"] for c in b["curve"]] == [c["step"] for c in a["curve"]] == [1, 2, 3]
+    for x, y in zip(b["curve"], a["curve"]):
+        assert x == pytest.approx(y, abs=1e-3)
+    assert b["selection"]["step"] == a["selection"]["step"]

@@ -14,15 +14,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from faker import Faker
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from unlearning.data.base import Example, encode
+from unlearning.data.base import IGNORE, Example, encode
 from unlearning.data.muse import SEP, backing_articles, chunk_text, load_muse_news, select_forget
 from unlearning.errors import UserError
-from unlearning.eval.muse import MuseEvaluator, icl_prompt
+from unlearning.eval import engine
+from unlearning.eval.muse import KNOWMEM_STOPS, MuseEvaluator, drop_last, icl_prompt, mia_item, verbmem_item
 from unlearning.models import TinyLlama
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -132,7 +134,46 @@ def test_subset_keeps_the_articles_behind_the_probes(muse_dir):
 
 def test_icl_prompt_format():
     icl = [{"question": "Q1?", "answer": "A1"}, {"question": "Q2?", "answer": "A2"}]
-    assert icl_prompt(icl, "Q3?") == "Question: Q1?\nAnswer: A1\n\nQuestion: Q2?\nAnswer: A2\n\nQuestion: Q3?\nAnswer:"
+    # OpenUnlearning's prompt ends "Answer: " (with the space); its stop strings cut the answer
+    assert icl_prompt(icl, "Q3?") == "Question: Q1?\nAnswer: A1\n\nQuestion: Q2?\nAnswer: A2\n\nQuestion: Q3?\nAnswer: "
+    assert KNOWMEM_STOPS == ["\n\n", "\nQuestion", "Question:"]
+
+
+def with_bos(tok):
+    """The same tokenizer adding a BOS in front, as Llama's does (the tiny one adds none)."""
+    import copy
+
+    from tokenizers.processors import TemplateProcessing
+
+    out = copy.deepcopy(tok)
+    out.add_special_tokens({"bos_token": "<s>"})
+    bos = out.convert_tokens_to_ids("<s>")
+    out.backend_tokenizer.post_processor = TemplateProcessing(single="<s> $A", special_tokens=[("<s>", bos)])
+    return out, bos
+
+
+def test_default_scoring_scores_openunlearnings_token_sets(tiny):
+    """Hand-made strings: which tokens the default MUSE scoring labels, with and without a BOS."""
+    _, tok = tiny
+    words = tok("the cat sat on", add_special_tokens=False).input_ids  # ids of the text alone
+    bos_tok, bos = with_bos(tok)
+    # MIA: no BOS -> nothing conditions the first token, so it is not scored; with a BOS every text token is.
+    assert mia_item(tok, "the cat sat on", 2048) == {"input_ids": words, "labels": [IGNORE] + words[1:]}
+    assert mia_item(bos_tok, "the cat sat on", 2048) == {"input_ids": [bos] + words, "labels": [IGNORE] + words}
+    # at most max_length text tokens (the BOS comes on top)
+    assert mia_item(bos_tok, "the cat sat on", 2)["input_ids"] == [bos] + words[:2]
+    # Min-K / Min-K++ leave out the last labelled position
+    ts = engine.TokenScores(np.array([-1.0, -2.0, -3.0]), np.array([1, 0, 1]), np.zeros(3), np.ones(3))
+    assert drop_last(ts).logp.tolist() == [-1.0, -2.0] and drop_last(ts).hit.tolist() == [1, 0]
+    # VerbMem: prompt + " " + gt; the ground truth's tokens are labelled, the prompt's are the generation prefix
+    prompt_ids = tok("the cat", add_special_tokens=False).input_ids
+    gt_ids = tok(" sat on", add_special_tokens=False).input_ids
+    item = verbmem_item(bos_tok, "the cat", "sat on", 2048)
+    assert item["prefix_ids"] == [bos] + prompt_ids and item["input_ids"] == [bos] + prompt_ids + gt_ids
+    assert item["labels"] == [IGNORE] * (1 + len(prompt_ids)) + gt_ids and item["truth"] == "sat on"
+    # verbmem_prompt_tokens=1 keeps the prompt's last token only
+    cut = verbmem_item(tok, "the cat", "sat on", 2048, keep=1)
+    assert cut["prefix_ids"] == prompt_ids[-1:] and cut["labels"] == [IGNORE] + gt_ids
 
 
 def test_evaluator_on_tiny_model(muse_dir, tiny):

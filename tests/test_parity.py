@@ -37,8 +37,12 @@ def reference() -> dict:
 def smollm2():
     from unlearning.models import SmolLM2
 
+    before = torch.get_num_threads()
     torch.set_num_threads(2)
-    return SmolLM2().load()
+    yield SmolLM2().load()
+    # later test files in this worker must not inherit it: in-process runs compared bit for bit with 1-thread
+    # subprocesses (test_distributed's killed stage build) would differ in their float reduction order
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

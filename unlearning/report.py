@@ -18,7 +18,8 @@ from pathlib import Path
 
 from unlearning.errors import UserError
 from unlearning.results import atomic_write
-from unlearning.sweep import collect, metric_names, parse_overrides, to_csv
+from unlearning.sweep import collect, metric_names, parse_overrides, seed_groups, seeds_csv, swept_params, to_csv
+from unlearning.sweep import number as _num
 
 # (metric, higher is better). The first present one is the default axis.
 FORGET_DEFAULTS = [("forget_quality", True)]
@@ -33,17 +34,6 @@ def plain_ticks(ax, x: bool = True) -> None:
     for axis in ([ax.xaxis] if x and ax.get_xscale() == "linear" else []) + [ax.yaxis]:
         if isinstance(axis.get_major_formatter(), ScalarFormatter):
             axis.get_major_formatter().set_useOffset(False)
-
-def swept_params(rows: list[dict]) -> list[str]:
-    """Override keys whose value differs between jobs (a key missing in some jobs also counts)."""
-    values: dict[str, set] = {}
-    for r in rows:
-        for k, v in parse_overrides(r["overrides"]).items():
-            values.setdefault(k, set()).add(v)
-    keys = [k for k, vs in values.items()
-            if len(vs) > 1 or any(k not in parse_overrides(r["overrides"]) for r in rows)]
-    return sorted(keys)
-
 
 def _axis(spec: str | None, names: list[str], defaults, fallback_word: str, role: str) -> tuple[str, bool] | None:
     """A metric and its direction from 'name[:max|min]', else the first default present."""
@@ -70,14 +60,6 @@ def pareto(points: list[tuple[float, float]]) -> list[int]:
         if not any((a >= x and b >= y) and (a > x or b > y) for j, (a, b) in enumerate(points) if j != i):
             front.append(i)
     return sorted(front, key=lambda i: points[i][0])
-
-
-def _num(v) -> float | None:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
 
 
 def _colours(methods: list[str]) -> dict[str, tuple]:
@@ -272,50 +254,6 @@ def plot_robustness(rows, baselines: dict, path: Path) -> bool:
     _save(fig, path)
     plt.close(fig)
     return True
-
-
-def seed_groups(rows: list[dict], params: list[str], metrics: list[str]) -> list[dict]:
-    """Ok jobs that differ only in `seed`, grouped: per metric the mean over seeds and the half-width of its 95%
-    t interval (Student's t with n-1 degrees of freedom: t_0.975 * s / sqrt(n), s the sample standard deviation;
-    None for a single seed). A t interval rather than a bootstrap: with the 3-5 seeds of a typical table a
-    bootstrap of so few values understates the spread."""
-    from scipy import stats
-
-    others = [p for p in params if p != "seed"]
-    groups: dict[tuple, list[dict]] = {}
-    for r in rows:
-        ov = parse_overrides(r["overrides"])
-        key = (str(r["method"]),) + tuple(ov.get(p, "(default)") for p in others if p != "method")
-        groups.setdefault(key, []).append(r)
-    out = []
-    for key, members in groups.items():
-        stats_by_metric = {}
-        for m in metrics:
-            vals = [v for v in (_num(r["metrics"].get(m)) for r in members) if v is not None]
-            if not vals:
-                continue
-            n = len(vals)
-            mean = sum(vals) / n
-            half = None
-            if n > 1:
-                sd = math.sqrt(sum((v - mean) ** 2 for v in vals) / (n - 1))
-                half = float(stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n))
-            stats_by_metric[m] = {"mean": mean, "ci95": half, "n": n}
-        label = " ".join(f"{p}={v}" for p, v in zip(["method"] + [p for p in others if p != "method"], key))
-        out.append({"group": label, "method": key[0], "jobs": [r["job"] for r in members],
-                    "seeds": sorted({parse_overrides(r["overrides"]).get("seed", "(default)") for r in members}),
-                    "metrics": stats_by_metric})
-    return out
-
-
-def seeds_csv(groups: list[dict]) -> str:
-    """The seed groups as CSV: group, n, seeds, then <metric>:mean and <metric>:ci95 per metric."""
-    flat = [{"group": g["group"], "n": max(st["n"] for st in g["metrics"].values()), "seeds": " ".join(g["seeds"]),
-             **{f"{m}:{k}": st[k] for m, st in g["metrics"].items() for k in ("mean", "ci95")}}
-            for g in groups if g["metrics"]]
-    keys = list(dict.fromkeys(k for row in flat for k in row))
-    lines = [",".join(keys)] + [",".join("" if row.get(k) is None else str(row.get(k)) for k in keys) for row in flat]
-    return "\n".join(lines) + "\n"
 
 
 def plot_tradeoff_groups(groups, forget: tuple[str, bool], utility: tuple[str, bool], baselines: dict,

@@ -45,6 +45,10 @@ def parse_stop(spec: str, where: str = "trainer") -> tuple[str, str, float | str
 
 def subset(evaluator, options: dict):
     """A copy of the evaluator with the given options changed (each must be one of its settings)."""
+    from unlearning.distributed import MainOnly
+
+    if isinstance(evaluator, MainOnly):  # FSDP / ZeRO-3: the reduced evaluator still runs on rank 0 alone
+        return MainOnly(subset(evaluator._inner, options))
     if hasattr(evaluator, "with_options"):  # the benchmark with lm-eval beside it (eval/combined.py)
         return evaluator.with_options(options)
     out = copy.copy(evaluator)
@@ -95,8 +99,9 @@ class EvalDuringTraining:
                 raise UserError(f"trainer.select={metric}: the evaluation during training gave no {metric} "
                                 f"(it gave {', '.join(sorted(numbers))}); pick one of those")
             if best_index([c.get(metric) for c in self.curve], higher) == len(self.curve) - 1:
-                self.best_state = {k: p.detach().cpu().clone() for k, p in model.named_parameters() if p.requires_grad}
                 self.best_step = step
+                if model is not None:  # FSDP / ZeRO-3: rank 0 holds the gathered weights, the others None
+                    self.best_state = {k: p.detach().cpu().clone() for k, p in model.named_parameters() if p.requires_grad}
         return self.should_stop(step, numbers)
 
     def should_stop(self, step: int, numbers: dict) -> bool:

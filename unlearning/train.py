@@ -221,6 +221,7 @@ def train(model, method, forget: list[dict], retain: list[dict] | None, settings
         return retain_rng.sample(retain, min(retain_bs, len(retain)))
 
     batches = forget_batches()
+    gathered: dict = {}  # FSDP / ZeRO-3: rank 0's full copy for the evaluations during training
     stateful = {"method": method, "on_step": on_step}  # what carries state between steps (PDU's dual variable, ...)
     first = resume(acc, checkpoints, total, desc, stateful) if checkpoints and checkpoints.resume_from else 0
     for _ in range(first * settings.grad_accum):  # the data position: replay the seeded draws, no compute
@@ -256,8 +257,9 @@ def train(model, method, forget: list[dict], retain: list[dict] | None, settings
         if logger is not None and ((step + 1) % settings.log_every == 0 or step + 1 == total):
             logger.log({f"{desc}/{k}": v for k, v in logs_acc.items()}, step=step + 1)
         stop = False
-        if on_step is not None:  # evaluation during training (every process: the evaluation is split between them)
-            stop = bool(on_step(step + 1, total, acc.unwrap_model(wrapped)))  # True: its stop rule says enough
+        if on_step is not None:  # evaluation during training (every process: split between them, or rank 0 alone)
+            view_model = eval_view(acc, wrapped, distributed, settings, rebuild, gathered)
+            stop = bool(on_step(step + 1, total, view_model))  # True: its stop rule says enough
             wrapped.train()
         if checkpoints and checkpoints.every and (step + 1) % checkpoints.every == 0 and step + 1 < total and not stop:
             save(acc, checkpoints, step + 1, stateful)
@@ -287,6 +289,23 @@ def speed_switches(model, settings: TrainSettings, device: str) -> None:
         torch.backends.cudnn.allow_tf32 = settings.tf32
     if settings.compile:
         model.compile()
+
+
+def eval_view(acc, wrapped, distributed, settings: TrainSettings, rebuild, holder: dict):
+    """The model an evaluation during training sees: the unwrapped model, or (FSDP / ZeRO-3) the current full
+    weights gathered into one copy on rank 0 (rebuilt once, then refreshed; the other ranks get None and wait)."""
+    if not distributed.sharded:
+        return acc.unwrap_model(wrapped)
+    state = acc.get_state_dict(wrapped)  # a collective: full weights on rank 0
+    if not acc.is_main_process:
+        return None
+    if "model" not in holder:
+        if rebuild is None:
+            raise UserError(f"distributed.strategy={distributed.effective} needs the run to say how to rebuild the model")
+        copy_ = rebuild()
+        holder["model"] = (apply_lora(copy_, settings.lora) if settings.lora.enabled else copy_).to(acc.device)
+    holder["model"].load_state_dict(state)
+    return holder["model"].eval()
 
 
 def finish(acc, wrapped, distributed, settings: TrainSettings, rebuild):

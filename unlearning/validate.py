@@ -103,9 +103,6 @@ def check_eval_during_training(cfg: DictConfig, unlearn, evaluator, data) -> Non
     if unlearn.eval_every > total:
         raise UserError(f"trainer.eval_every={unlearn.eval_every} is larger than the run ({total} optimiser steps); "
                         f"use 1..{total} (the last step is always evaluated)")
-    if OmegaConf.select(cfg, "distributed.strategy") in ("fsdp", "deepspeed_zero3"):
-        raise UserError("trainer.eval_every runs the evaluator inside the training loop, which under FSDP / ZeRO-3 "
-                        "would need the sharded weights gathered each time; not supported yet: use distributed=ddp")
     chosen, during = parse_select(unlearn.select), subset(evaluator, unlearn.eval)  # subset: unknown options refused
     if unlearn.stop:
         metric, _, threshold = parse_stop(unlearn.stop)
@@ -265,6 +262,10 @@ def check_top_level(cfg: DictConfig) -> None:
     if limit is not None and cfg.max_length > limit:
         raise UserError(f"max_length={cfg.max_length} exceeds model.max_position_embeddings={limit}; "
                         "lower max_length or raise the model's limit")
+    ev_length = cfg.evaluator.get("max_length") if "evaluator" in cfg else None
+    if limit is not None and isinstance(ev_length, int) and ev_length > limit:
+        raise UserError(f"evaluator.max_length={ev_length} exceeds model.max_position_embeddings={limit}; lower it "
+                        f"(evaluator.max_length={limit}) or raise the model's limit")
     if cfg.get("threads") is not None and (not isinstance(cfg.threads, int) or cfg.threads < 1):
         raise UserError(f"threads={cfg.threads!r} must be a positive integer or null")
 

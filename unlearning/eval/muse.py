@@ -1,14 +1,20 @@
 """MUSE evaluator (Shi et al. 2024): VerbMem, KnowMem forget/retain, the MIA family and PrivLeak,
 plus exact memorisation and extraction strength on the VerbMem probes.
 
-Definitions as in MUSE and OpenUnlearning (configs/eval/muse*):
-- VerbMem: ROUGE-L F1 of the greedy continuation (128 new tokens) of each `verbmem/forget` prompt vs `gt`.
-- KnowMem: ROUGE-L F1 of greedy answers (32 new tokens, cut at a blank line or "Question") to
-  `knowmem/{forget,retain}_qa`, with the matching `*_icl` pairs as "Question: ...\\nAnswer: ...\\n\\n" context.
+Definitions and tokens as in MUSE and OpenUnlearning (configs/eval/muse*), by default:
+- VerbMem: ROUGE-L F1 of the greedy continuation (128 new tokens) of each `verbmem/forget` prompt vs `gt`
+  (prompt + " " + gt tokenized with the tokenizer's special tokens, the reference text decoded from them).
+- KnowMem: ROUGE-L F1 of greedy answers (32 new tokens, cut at "\\n\\n", "\\nQuestion" or "Question:") to
+  `knowmem/{forget,retain}_qa`, with the matching `*_icl` pairs as "Question: ...\\nAnswer: ...\\n\\n" context and the
+  prompt ending "Answer: ".
 - MIA (LOSS, zlib, Min-K%, Min-K%++; `unlearning/eval/mia.py`) on `privleak/forget` (members) vs
   `privleak/holdout`, each a ROC AUC with forget as the positive class; PrivLeak from the Min-K% AUC
   relative to the retain reference's (`reference`) or `privleak_reference_auc`; null when neither.
-Prompts are raw text (no chat template), as MUSE. Every model call goes through the shared engine.
+MIA documents keep the tokenizer's special tokens (a BOS where it adds one: the first text token is scored), at
+most `max_length` (2048) text tokens, and every score leaves out the last labelled position, as OpenUnlearning.
+What `compat=openunlearning` adds: its `!= pad` mask, batch sizes and data order, and (its record on a chat model)
+KnowMem through the chat template. Prompts are raw text otherwise, as MUSE. Every model call goes through the
+shared engine.
 Written by hand: only the prompt assembly and the bookkeeping of per-item rows.
 """
 
@@ -16,22 +22,44 @@ from __future__ import annotations
 
 import re
 
-from unlearning.data.base import IGNORE
 from unlearning.errors import UserError
 from unlearning.eval import engine, metrics, mia
 from unlearning.eval import openunlearning as ou
 from unlearning.eval.memorization import exact_memorization, extraction_strength
 from unlearning.eval.metrics import mean_or_none
 
-KNOWMEM_STOPS = ["\n\n", "Question"]
+KNOWMEM_STOPS = ou.MUSE_KNOWMEM_STOPS  # OpenUnlearning's: "\n\n", "\nQuestion", "Question:"
 SHARED_CHARS = 64  # relearning "taught" a probe when a run this long of its text is in a held-out chunk
 
 
 def icl_prompt(icl: list[dict], question: str) -> str:
-    """MUSE's few-shot KnowMem prompt. No space after the last "Answer:": with byte-level BPE a trailing
-    space would force the model to start its answer with a space-less token."""
+    """MUSE's few-shot KnowMem prompt as OpenUnlearning builds it (configs/eval/muse_metrics/forget_knowmem_ROUGE.yaml):
+    the pairs, then the question, ending "Answer: " (with the space)."""
     shots = "".join(f"Question: {q['question']}\nAnswer: {q['answer']}\n\n" for q in icl)
-    return shots + f"Question: {question}\nAnswer:"
+    return shots + f"Question: {question}\nAnswer: "
+
+
+def mia_item(tok, text: str, max_length: int) -> dict:
+    """A PrivLeak / MIA document as OpenUnlearning scores it: the tokenizer's special tokens (a BOS where it adds
+    one, so the first text token is scored), at most `max_length` text tokens; Min-K drops the last labelled
+    position afterwards (`drop_last`)."""
+    it = ou.completion(tok, "", text, max_length=max_length)
+    return {"input_ids": it["input_ids"], "labels": it["labels"]}
+
+
+def verbmem_item(tok, prompt: str, gt: str, max_length: int, keep: int | None = None) -> dict:
+    """VerbMem as OpenUnlearning: prompt + " " + gt with special tokens (ground truth labelled), the generation prefix
+    the prompt's own tokens; `keep` cuts the prompt to its last tokens (CPU runs)."""
+    it = ou.completion(tok, prompt, gt, insert_space=True, max_length=max_length)
+    drop = max(0, len(it["prefix_ids"]) - keep) if keep else 0
+    return {"prefix_ids": it["prefix_ids"][drop:], "input_ids": it["input_ids"][drop:], "labels": it["labels"][drop:],
+            "truth": ou.completion_truth(tok, it)}
+
+
+def drop_last(ts: "engine.TokenScores") -> "engine.TokenScores":
+    """OpenUnlearning's tokenwise_logprobs leaves out the last labelled position (its "eos prediction")."""
+    return engine.TokenScores(ts.logp[:-1], ts.hit[:-1], ts.mu[:-1] if ts.mu is not None else None,
+                              ts.var[:-1] if ts.var is not None else None)
 
 
 def _ids(tok, text: str) -> list[int]:
@@ -137,16 +165,13 @@ class MuseEvaluator:
             raise UserError(f"evaluator.max_length={self.max_length} leaves no room for a VerbMem prompt before "
                             f"{self.verbmem_new} new tokens; raise evaluator.max_length")
         keep = min(room, self.verbmem_prompt_tokens or room)
-        prompts = [_ids(tok, r["prompt"])[-keep:] for r in rows]  # the prompt's end is what leads into gt
-        outs = engine.greedy(model, tok, prompts, self.verbmem_new, self.bs, None, self.bf16, desc="muse verbmem")
-        rouge = metrics.rouge_l(outs, [r["gt"] for r in rows])
+        items = [verbmem_item(tok, r["prompt"], r["gt"], self.max_length, keep) for r in rows]
+        outs = engine.greedy(model, tok, [it["prefix_ids"] for it in items], self.verbmem_new, self.bs, None, self.bf16,
+                             desc="muse verbmem")
+        rouge = metrics.rouge_l(outs, [it["truth"] for it in items])
         # Teacher-forced memorisation of gt after its prompt (OpenUnlearning scores MUSE EM/ES on verbmem).
-        items = []
-        for p, r in zip(prompts, rows):
-            gt = _ids(tok, r["gt"])[: self.max_length - 1]
-            p = p[-(self.max_length - len(gt)):]
-            items.append({"input_ids": p + gt, "labels": [IGNORE] * len(p) + gt})
-        scores = engine.score(model, items, tok.pad_token_id, self.bs, bf16=self.bf16, desc="muse verbmem em")
+        scores = engine.score(model, [{"input_ids": it["input_ids"], "labels": it["labels"]} for it in items],
+                              tok.pad_token_id, self.bs, bf16=self.bf16, desc="muse verbmem em")
         out = []
         for r, o, rg, s in zip(rows, outs, rouge, scores):
             out.append({"id": r["id"], "generation": o, "gt": r["gt"], "rougeL_f1": rg["rougeL_f1"],
@@ -163,7 +188,7 @@ class MuseEvaluator:
         if not rows:
             return
         icl = list(extra.get(f"knowmem_{split}_icl", []))[: self.icl_shots]
-        prompts = [_ids(tok, icl_prompt(icl, r["question"])) for r in rows]
+        prompts = [tok(icl_prompt(icl, r["question"]), add_special_tokens=True)["input_ids"] for r in rows]
         longest = max(len(p) for p in prompts)
         if longest + self.knowmem_new > self.max_length:
             raise UserError(f"evaluator.max_length={self.max_length} is smaller than the KnowMem {split} ICL prompt "
@@ -220,19 +245,13 @@ class MuseEvaluator:
         if not sides["forget"] or not sides["holdout"]:
             return
         for side, rows in sides.items():
-            items = []
-            for r in rows:
-                if self.compat:  # special tokens, 2048 text tokens; the last labelled token is not scored (below)
-                    it = ou.completion(tok, "", r["text"])
-                    items.append({"input_ids": it["input_ids"], "labels": it["labels"]})
-                    continue
-                ids = _ids(tok, r["text"])[: self.max_length]
-                items.append({"input_ids": ids, "labels": [IGNORE] + ids[1:]})
+            # OpenUnlearning's tokens in both modes (special tokens, the text cut at max_length, the last labelled
+            # position dropped); compat adds its mask, batches and order
+            items = [mia_item(tok, r["text"], ou.MUSE_MAX_LENGTH if self.compat else self.max_length) for r in rows]
             ts = engine.score(model, items, tok.pad_token_id, ou.MUSE_BATCH["mia"] if self.compat else self.bs,
                               stats=True, bf16=self.bf16, desc=f"muse mia {side}",
                               **({"mask": ou.MASK, "sort": False} if self.compat else {}))
-            if self.compat:  # OpenUnlearning's tokenwise_logprobs drops the last labelled position ("eos prediction")
-                ts = [engine.TokenScores(t.logp[:-1], t.hit[:-1], t.mu[:-1], t.var[:-1]) for t in ts]
+            ts = [drop_last(t) for t in ts]
             # zlib uses the text actually scored (after truncation), as OpenUnlearning decodes input_ids.
             per_item[f"privleak_{side}"] = [
                 {"id": r["id"], **mia.scores(s, tok.decode(it["input_ids"], skip_special_tokens=True), self.mia_k)}
