@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 
 from unlearning.data.base import chat, collate, encode
@@ -57,14 +58,21 @@ def test_whole_tiny_run_then_cached_stages(run_tiny, tmp_path):
     for key in ("forget_quality", "model_utility", "forget_Q_A_Prob", "forget_Q_A_ROUGE", "forget_Truth_Ratio",
                 "retain_Q_A_Prob", "ra_Q_A_Prob_normalised", "wf_Truth_Ratio", "forget_exact_memorization",
                 "forget_extraction_strength"):
-        assert key in m and m[key] is not None, key
-    assert 0.0 <= m["forget_quality"] <= 1.0 and 0.0 <= m["model_utility"] <= 1.0
+        assert isinstance(m[key], float), key
     assert {"target", "reference"} <= set(first["baselines"])
+    # the wiring, computed here: model_utility is the harmonic mean of the nine retain / real-authors / world-facts
+    # numbers (0 when one is 0), and GA lowers the forget answers' probability below the target's
+    nine = [m[k] for k in ("retain_Q_A_Prob", "retain_Q_A_ROUGE", "retain_Truth_Ratio", "ra_Q_A_Prob_normalised",
+                           "ra_Q_A_ROUGE", "ra_Truth_Ratio", "wf_Q_A_Prob_normalised", "wf_Q_A_ROUGE", "wf_Truth_Ratio")]
+    assert m["model_utility"] == pytest.approx(0.0 if min(nine) == 0 else 9 / sum(1 / x for x in nine), rel=1e-9)
+    assert m["forget_Q_A_Prob"] < first["baselines"]["target"]["forget_Q_A_Prob"]
     # results.json, per-item evaluation, training log, saved model
     saved = json.loads((tmp_path / "first" / "results.json").read_text())
     assert saved["metrics"]["forget_quality"] == m["forget_quality"]
     per_item = json.loads((tmp_path / "first" / "eval" / "tofu.json").read_text())["per_item"]
     assert len(per_item["forget"]) == 6 and "generation" in per_item["forget"][0]
+    probs = [r["answer_prob"] for r in per_item["forget"]]
+    assert m["forget_Q_A_Prob"] == pytest.approx(sum(probs) / len(probs), rel=1e-9)  # the mean of the six items
     assert (tmp_path / "first" / "train_log.jsonl").read_text().count("unlearn/loss") == 2
     assert (tmp_path / "first" / "model" / "config.json").exists()
     # a second run reuses the cached target and reference instead of fine-tuning again
