@@ -113,9 +113,36 @@ def plot_tradeoff(rows, forget: tuple[str, bool], utility: tuple[str, bool], bas
     return [pts[i][0]["job"] for i in front]
 
 
+def _panels(n: int):
+    """A grid of up to three panels per row, one per metric."""
+    import matplotlib.pyplot as plt
+
+    ncols = min(3, n)
+    nrows = math.ceil(n / ncols)
+    return plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.2 * nrows), squeeze=False)
+
+
+def _label(ax, title: str, xlabel: str) -> None:
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel(xlabel, fontsize=8)
+    plain_ticks(ax)
+    ax.grid(alpha=0.3)
+
+
+def _finish(fig, axes, n: int, path: Path, legend_size: int) -> None:
+    """Blank the unused panels, a legend on the first, and write the PNG."""
+    import matplotlib.pyplot as plt
+
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=legend_size)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+
+
 def plot_param(rows, param: str, metrics: list[str], path: Path, others: list[str] = ()) -> None:
     """Every metric against one swept hyperparameter (log x when it spans a decade or more)."""
-    import matplotlib.pyplot as plt
 
     ok = [r for r in rows if r["status"] == "ok"]
     raw = [parse_overrides(r["overrides"]).get(param, "(default)") for r in ok]
@@ -126,9 +153,7 @@ def plot_param(rows, param: str, metrics: list[str], path: Path, others: list[st
     # Lines join only jobs that differ in this parameter alone (same method and other swept values).
     series = [(str(r["method"]), tuple(parse_overrides(r["overrides"]).get(o) for o in others)) for r in ok]
     colours = _colours([str(r["method"]) for r in ok])
-    ncols = min(3, len(metrics))
-    nrows = math.ceil(len(metrics) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.2 * nrows), squeeze=False)
+    fig, axes = _panels(len(metrics))
     for ax, m in zip(axes.flat, metrics):
         for meth, c in colours.items():
             sel = [(x, _num(r["metrics"].get(m))) for x, r in zip(xs, ok) if str(r["method"]) == meth]
@@ -143,16 +168,8 @@ def plot_param(rows, param: str, metrics: list[str], path: Path, others: list[st
             ax.set_xscale("log")
         if not numeric:
             ax.set_xticks(range(len(cats)), cats, rotation=30, fontsize=7)
-        ax.set_title(m, fontsize=9)
-        ax.set_xlabel(param, fontsize=8)
-        plain_ticks(ax)
-        ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(metrics):]:
-        ax.axis("off")
-    axes.flat[0].legend(fontsize=7)
-    fig.tight_layout()
-    _save(fig, path)
-    plt.close(fig)
+        _label(ax, m, param)
+    _finish(fig, axes, len(metrics), path, legend_size=7)
 
 
 def read_curves(sweep_dir: Path, ok: list[dict]) -> dict[str, list[dict]]:
@@ -172,16 +189,13 @@ def plot_curves(ok: list[dict], curves: dict[str, list[dict]], metrics: list[str
                 path: Path) -> dict[str, dict[str, list[tuple[int, float]]]]:
     """One panel per metric against the training step, one line per job (labelled by its method and swept values);
     returns what was drawn: metric -> job -> [(step, value)]."""
-    import matplotlib.pyplot as plt
 
     labels = {r["job"]: " ".join([str(r["method"])] + [f"{p}={parse_overrides(r['overrides']).get(p)}" for p in params
                                                         if p != "method"]) for r in ok}
     colours = _colours([str(r["method"]) for r in ok])
     method = {r["job"]: str(r["method"]) for r in ok}
     drawn: dict[str, dict[str, list[tuple[int, float]]]] = {}
-    ncols = min(3, len(metrics))
-    fig, axes = plt.subplots(math.ceil(len(metrics) / ncols), ncols, figsize=(4.2 * ncols, 3.2 * math.ceil(
-        len(metrics) / ncols)), squeeze=False)
+    fig, axes = _panels(len(metrics))
     for ax, m in zip(axes.flat, metrics):
         for job, curve in curves.items():
             line = [(int(c["step"]), float(c[m])) for c in curve if _num(c.get(m)) is not None]
@@ -189,16 +203,8 @@ def plot_curves(ok: list[dict], curves: dict[str, list[dict]], metrics: list[str
                 drawn.setdefault(m, {})[job] = line
                 ax.plot([x for x, _ in line], [y for _, y in line], marker="o", ms=3, lw=1,
                         color=colours.get(method.get(job)), label=labels.get(job, job))
-        ax.set_title(m, fontsize=9)
-        ax.set_xlabel("step", fontsize=8)
-        plain_ticks(ax)
-        ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(metrics):]:
-        ax.axis("off")
-    axes.flat[0].legend(fontsize=6)
-    fig.tight_layout()
-    _save(fig, path)
-    plt.close(fig)
+        _label(ax, m, "step")
+    _finish(fig, axes, len(metrics), path, legend_size=6)
     return drawn
 
 
