@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -43,9 +44,15 @@ def test_quant8_attack_on_a_tiny_run(run_tiny, tmp_path):
     # the attack's metrics sit beside the plain ones, which are exactly those of a run without it
     assert {k: v for k, v in m.items() if "@" not in k} == plain["metrics"]
     assert "forget_Q_A_Prob@quant8" in m and m["forget_Q_A_Prob@quant8"] != m["forget_Q_A_Prob"]
-    target = rec["baselines"]["target"]["forget_Q_A_Prob"]
-    assert m["forget_Q_A_Prob@quant8_recovery"] == pytest.approx(
-        (m["forget_Q_A_Prob@quant8"] - m["forget_Q_A_Prob"]) / (target - m["forget_Q_A_Prob"]))
+    # every term of the recovery measured again, apart from the run: the saved unlearned model and the target stage
+    # evaluated as they are by `unlearning-eval`'s code path, and an int8 copy made by hand (round to nearest,
+    # per-output-row absmax / 127, the tied lm_head quantized on its own: what optimum-quanto's qint8 does)
+    unlearned = _forget_prob(tmp_path / "attacked" / "model", tmp_path / "u")
+    target = _forget_prob(Path(rec["stages"]["target"]["path"]), tmp_path / "t")
+    attacked = _forget_prob(_rtn_int8_copy(tmp_path / "attacked" / "model", tmp_path / "int8"), tmp_path / "q")
+    assert unlearned == pytest.approx(m["forget_Q_A_Prob"], abs=1e-6)
+    assert attacked == pytest.approx(m["forget_Q_A_Prob@quant8"], abs=1e-6)
+    assert m["forget_Q_A_Prob@quant8_recovery"] == pytest.approx((attacked - unlearned) / (target - unlearned), abs=1e-4)
     assert (tmp_path / "attacked" / "eval" / "tofu@quant8.json").is_file()
     # the saved unlearned model is the plain one, not the quantized copy
     cfg = json.loads((tmp_path / "attacked" / "model" / "config.json").read_text())
@@ -60,6 +67,33 @@ def test_quant8_attack_on_a_tiny_run(run_tiny, tmp_path):
         assert forget[key] == pytest.approx(m[key], abs=1e-9), key
     per_item = json.loads((tmp_path / "forget" / "eval" / "tofu@quant8.json").read_text())["per_item"]
     assert set(per_item) == {"forget"}
+
+
+def _rtn_int8_copy(folder: Path, out: Path) -> Path:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.Linear):
+                w = module.weight
+                scale = w.abs().amax(dim=1, keepdim=True) / 127
+                scale = torch.where(scale == 0, torch.ones_like(scale), scale)  # an all-zero row stays zero
+                module.weight = torch.nn.Parameter(torch.round(w / scale).clamp(-127, 127) * scale)
+    model.config.tie_word_embeddings = False
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(folder).save_pretrained(out)
+    return out
+
+
+def _forget_prob(folder: Path, out: Path) -> float:
+    from conftest import TINY
+
+    from unlearning.evaluate import evaluate_model
+
+    overrides = [o for o in TINY if not o.startswith("model")] + ["model=hf", f"model.path={folder}",
+                                                                  "evaluator.generate=false"]
+    return evaluate_model(compose(overrides), out, overrides)["metrics"]["forget_Q_A_Prob"]
 
 
 def test_quantized_copy_is_evaluated_without_bf16_autocast(run_tiny, tmp_path, monkeypatch):

@@ -9,13 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from unlearning.data.base import chat, collate
 from unlearning.errors import UserError
-from unlearning.methods.base import nll, sequence_logp
 from unlearning.methods.orpo import ORPO, ORPOCFG, odds_ratio_term
 from unlearning.models import TinyLlama
 from unlearning.train import TrainSettings, train
@@ -49,19 +47,36 @@ def test_odds_ratio_term_by_hand():
     assert term.item() == pytest.approx(0.1 * math.log(1 / (1 + 1 / 3)), rel=1e-5)
 
 
+def _answer_logps(model, ids: list[int], labels: list[int]) -> list[float]:
+    """log p of each labelled token of one unpadded sequence, in float64 from the raw logits."""
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([ids])).logits[0].double()
+    logz = torch.logsumexp(logits, -1)
+    return [(logits[t - 1, labels[t]] - logz[t - 1]).item() for t in range(1, len(ids)) if labels[t] != -100]
+
+
 def test_loss_matches_independent_computation(tiny):
+    # ORPO (Hong et al. 2024, eq. 6-7): NLL over every chosen answer token of the batch, minus
+    # lambda * mean log sigmoid(log odds(chosen) - log odds(rejected)), odds from the mean token log p.
+    # Computed here one unpadded sequence at a time, without the project's sequence_logp / nll.
     model, tok = tiny
     m = ORPO(odds_ratio_weight=0.1)
-    forget = m.prepare(model, tok, items(tok, examples()), None, None)
-    batch = collate(forget[:3], tok.pad_token_id)
-    loss, logs = m.loss(model, {"forget": batch})
-    c_sum, c_len = sequence_logp(model, batch, "chosen_")
-    r_sum, r_len = sequence_logp(model, batch, "rejected_")
-    c, r = c_sum / c_len, r_sum / r_len
-    log_odds = (c - torch.log1p(-c.exp())) - (r - torch.log1p(-r.exp()))
-    want = nll(model, batch, "chosen_") - 0.1 * F.logsigmoid(log_odds).mean()
-    assert loss.item() == pytest.approx(want.item(), rel=1e-4)
-    assert logs["log_odds_ratio"] == pytest.approx(log_odds.mean().item(), rel=1e-4)
+    forget = m.prepare(model, tok, items(tok, examples()), None, None)[:3]
+    loss, logs = m.loss(model, {"forget": collate(forget, tok.pad_token_id)})
+    chosen = [_answer_logps(model, f["chosen_input_ids"], f["chosen_labels"]) for f in forget]
+    rejected = [_answer_logps(model, f["rejected_input_ids"], f["rejected_labels"]) for f in forget]
+    assert all(chosen) and all(rejected)
+    chosen_nll = -sum(sum(c) for c in chosen) / sum(len(c) for c in chosen)
+
+    def log_odds(lps):
+        mean = sum(lps) / len(lps)
+        return mean - math.log(1 - math.exp(mean))
+
+    ratios = [log_odds(c) - log_odds(r) for c, r in zip(chosen, rejected)]
+    log_sigmoid = [-math.log1p(math.exp(-x)) for x in ratios]
+    want = chosen_nll - 0.1 * sum(log_sigmoid) / len(log_sigmoid)
+    assert loss.item() == pytest.approx(want, rel=1e-4)
+    assert logs["log_odds_ratio"] == pytest.approx(sum(ratios) / len(ratios), rel=1e-4)
 
 
 def test_training_moves_odds_towards_chosen(tiny):

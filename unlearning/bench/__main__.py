@@ -22,7 +22,13 @@ def main(argv: list[str] | None = None) -> int:
     if argv[0] not in names:
         print(f"unlearning-bench: unknown benchmark {argv[0]!r}; choose one of {names}", file=sys.stderr)
         return 2
-    return int(importlib.import_module(f"unlearning.bench.{argv[0]}").main(argv[1:]) or 0)
+    from unlearning.errors import UserError
+
+    try:
+        return int(importlib.import_module(f"unlearning.bench.{argv[0]}").main(argv[1:]) or 0)
+    except UserError as e:  # bad input (a missing dataset, the hub offline): one line, as the entrypoints do
+        print(f"unlearning-bench {argv[0]}: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

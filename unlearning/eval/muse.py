@@ -84,6 +84,7 @@ class MuseEvaluator:
         # compat=openunlearning: its tokens (special tokens, 2048-token texts, the space before VerbMem's ground truth),
         # chat-template KnowMem, `!= pad` mask, batch sizes and scored positions (unlearning/eval/openunlearning.py)
         self.compat = ou.check(compat, "evaluator.compat")
+        self.mask = ou.MASK if self.compat else "lengths"  # `unlearning-bench parity` also runs compat with "lengths"
         if not 0 < mia_k <= 1:
             raise UserError(f"evaluator.mia_k={mia_k} must be in (0, 1] (MUSE uses 0.4)")
         if privleak_reference_auc is not None and not 0 <= privleak_reference_auc < 1:
@@ -211,10 +212,10 @@ class MuseEvaluator:
         items = [ou.completion(tok, r["prompt"], r["gt"], insert_space=True) for r in rows]
         bs = ou.MUSE_BATCH["verbmem"]
         outs = engine.greedy(model, tok, [it["prefix_ids"] for it in items], self.verbmem_new, bs, None, self.bf16,
-                             desc="muse verbmem", mask=ou.MASK, sort=False, clean_up=True)
+                             desc="muse verbmem", mask=self.mask, sort=False, clean_up=True)
         rouge = metrics.rouge_l(outs, [ou.completion_truth(tok, it) for it in items])
         scores = engine.score(model, [{"input_ids": it["input_ids"], "labels": it["labels"]} for it in items],
-                              tok.pad_token_id, bs, bf16=self.bf16, desc="muse verbmem em", mask=ou.MASK, sort=False)
+                              tok.pad_token_id, bs, bf16=self.bf16, desc="muse verbmem em", mask=self.mask, sort=False)
         out = [{"id": r["id"], "generation": o, "gt": r["gt"], "rougeL_f1": rg["rougeL_f1"],
                 "exact_memorization": exact_memorization(s.hit[:-1]), "extraction_strength": extraction_strength(s.hit[:-1])}
                for r, o, rg, s in zip(rows, outs, rouge, scores)]
@@ -233,7 +234,7 @@ class MuseEvaluator:
         msgs = [ou.icl_messages(icl, r["question"]) for r in rows]
         outs = engine.greedy(model, tok, [ou.prompt_ids(tok, m) for m in msgs], self.knowmem_new,
                              ou.MUSE_BATCH["knowmem"], ou.MUSE_KNOWMEM_STOPS, self.bf16, desc=f"muse knowmem {split}",
-                             mask=ou.MASK, sort=False, clean_up=True)
+                             mask=self.mask, sort=False, clean_up=True)
         rouge = metrics.rouge_l(outs, [ou.ground_truth(tok, m, r["answer"]) for m, r in zip(msgs, rows)])
         out = [{"id": r["id"], "question": r["question"], "answer": r["answer"], "generation": o,
                 "rougeL_f1": rg["rougeL_f1"]} for r, o, rg in zip(rows, outs, rouge)]
@@ -250,7 +251,7 @@ class MuseEvaluator:
             items = [mia_item(tok, r["text"], ou.MUSE_MAX_LENGTH if self.compat else self.max_length) for r in rows]
             ts = engine.score(model, items, tok.pad_token_id, ou.MUSE_BATCH["mia"] if self.compat else self.bs,
                               stats=True, bf16=self.bf16, desc=f"muse mia {side}",
-                              **({"mask": ou.MASK, "sort": False} if self.compat else {}))
+                              **({"mask": self.mask, "sort": False} if self.compat else {}))
             ts = [drop_last(t) for t in ts]
             # zlib uses the text actually scored (after truncation), as OpenUnlearning decodes input_ids.
             per_item[f"privleak_{side}"] = [
