@@ -102,3 +102,28 @@ def test_a_local_copy_stands_in_for_the_hub_id_end_to_end(local_copy, tmp_path):
     record = json.loads((tmp_path / "ev" / "results.json").read_text())
     assert record["model"] == "llama32_1b" and record["config"]["model"]["path"] == str(local_copy)
     assert record["config"]["model"]["dtype"] == "float32" and len(record["metrics"]) > 10
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["model.eos_token='<end_of_turn>'"], r"model\.eos_token='<end_of_turn>' is not a token of this tokenizer"),
+    (["model.pad_token='<nope>'"], r"model\.pad_token='<nope>' is not a token of this tokenizer"),
+    (["model.chat_template='{{ bad'"], r"model\.chat_template does not compile"),
+    # the folder's config.json: max_position_embeddings 1024 (the tiny Llama's)
+    (["max_length=4096"], r"max_length=4096 exceeds the model's 1024 positions"),
+    (["dataset=muse_news", "evaluator=muse", "evaluator.max_length=4096"],
+     r"evaluator\.max_length=4096 exceeds the model's 1024 positions"),
+])
+def test_a_local_folders_tokens_template_and_positions_are_checked_before_weights_load(overrides, message, local_copy,
+                                                                                      data_dir):
+    """Validation reads the folder's tokenizer and config.json only (the weights load minutes later for 7B models)."""
+    from unlearning.validate import validate
+
+    with pytest.raises(UserError, match=message):
+        validate(compose(["model=hf", f"model.path={local_copy}", *overrides]))
+
+
+def test_smollm2s_positions_bound_max_length(data_dir):
+    from unlearning.validate import validate
+
+    with pytest.raises(UserError, match=r"max_length=9000 exceeds the model's 8192 positions"):
+        validate(compose(["model=smollm2_135m", "max_length=9000"]))

@@ -222,8 +222,79 @@ def test_a_null_objective_is_the_evaluators_headline_metric(data_dir):
     ("trainer.max_grad_norm=-1", r"trainer\.max_grad_norm=-1.0 must be >= 0"),
     ("trainer.lora.r=0", r"trainer\.lora: r=0 must be >= 1"),
     ("+model.finetune.max_steps=0", r"model\.finetune\.max_steps=0 must be >= 1"),
+    # the dataset, model, attack, logger, distributed groups and the top level, key by key
+    ("+dataset.forget_spilt=forget05", r"unknown option\(s\) \['forget_spilt'\] for dataset=tofu"),
+    ("dataset.retain_authors=0", r"dataset\.retain_authors=0 must be >= 1"),
+    ("dataset.retain_authors=1.5", r"dataset\.retain_authors=1\.5 must be a whole number"),
+    ("dataset.forget_split=[forget01]", r"dataset\.forget_split=\['forget01'\] is unknown"),
+    ("dataset.path=123", r"dataset\.path=123 must be a folder path"),
+    ("dataset=muse_news evaluator=muse dataset.num_forget=6",
+     r"dataset\.num_forget=6 keeps no PrivLeak probe .*the smallest that keeps both: 7"),
+    ("dataset=synthetic_pii evaluator=pii dataset.people=2.5", r"dataset\.people=2\.5 must be a whole number"),
+    ("dataset=synthetic_pii evaluator=pii dataset.locale=123", r"dataset\.locale=123 must be a Faker locale"),
+    ("dataset=synthetic_pii evaluator=pii dataset.pii_types=[]", r"dataset\.pii_types is empty"),
+    ("dataset=synthetic_pii evaluator=pii dataset.pii_types=email", r"dataset\.pii_types='email' must be a list"),
+    ("dataset=synthetic_pii evaluator=pii dataset.pii_free_heldout=-5", r"dataset\.pii_free_heldout=-5 must be"),
+    ("dataset=synthetic_pii evaluator=pii dataset.probe_templates=foo", r"dataset\.probe_templates='foo' must be"),
+    ("dataset=synthetic_pii evaluator=pii dataset.replacement.model=foo", r"dataset\.replacement\.model='foo' must"),
+    ("dataset=synthetic_pii evaluator=pii dataset.replacement.model=${model} dataset.replacement.batch_size=0",
+     r"dataset\.replacement\.batch_size=0 must be a whole number >= 1"),
+    ("dataset=synthetic_pii evaluator=pii +dataset.replacement.foo=1", r"unknown option\(s\) \['foo'\] for dataset\.replacement"),
+    ("dataset=synthetic_pii evaluator=pii dataset.heldout_per_person=0 evaluator.kinds=[continuation]",
+     r"evaluator\.kinds=\['continuation'\] selects no probe"),
+    ("dataset=synthetic_pii evaluator=pii dataset.pii_free_heldout=0 objective=utility_rougeL_f",
+     r"objective=utility_rougeL_f is not a metric"),
+    ("dataset=synthetic_pii evaluator=pii dataset.people=1 attack=[icl]",
+     r"attacks\.icl\.shots=3: only 0 forget turns are about people other than p000"),
+    ("model.vocab_size=0", r"model\.vocab_size=0 must be a whole number >= 1"),
+    ("model.num_layers=0", r"model\.num_layers=0 must be a whole number >= 1"),
+    ("model.hidden_size=130 model.num_heads=3", r"model\.hidden_size=130 must be divisible by model\.num_heads=3"),
+    ("model.finetune.scheduler=foo", r"model\.finetune\.scheduler='foo' is not one of transformers' schedules"),
+    ("+model.finetune.scheduler_kwargs={foo:1}", r"\['foo'\] are not arguments of the linear schedule"),
+    ("attack=[relearn] attacks.relearn.lora=maybe", r"attacks\.relearn\.lora='maybe' must be true or false"),
+    ("attack=[icl] attacks.icl.seed=abc", r"attacks\.icl\.seed='abc' must be a whole number"),
+    ("logger=wandb logger.mode=offline logger.tags=foo", r"logger\.tags='foo' must be a list of strings"),
+    ("logger=wandb logger.mode=offline logger.tags=[1,2]", r"logger\.tags=\[1, 2\] must be a list of strings"),
+    ("logger=wandb logger.mode=123", r"logger\.mode=123 is not one of"),
+    ("distributed.processes=4", r"distributed\.processes=4, but this is a single-process launch"),
+    ("distributed.processes=2.5", r"distributed\.processes=2\.5 must be a whole number"),
+    ("save_model=maybe", r"save_model='maybe' must be true or false"),
+    ("stage.evaluate_target=maybe", r"stage\.evaluate_target='maybe' must be true or false"),
+    ("seed=99999999999999999999", r"seed=99999999999999999999 must be in \[0, 2\*\*32\)"),
+    ("cache_dir=/proc/nope", r"cache_dir='/proc/nope' cannot be created"),
+    ("device=gpu", r"device='gpu' is unknown"),
+    ("reference_result=/x", r"reference_result is read by unlearning-eval only"),
 ])
 def test_out_of_range_options_are_refused_before_any_work(override, message, data_dir):
-    """Found by setting every numeric key of the evaluator, method, trainer and generation groups out of range."""
+    """Found by setting every key of every config group out of range or to the wrong type (an audit tried each as
+    a new user might); each is refused by the validation phase, which loads no weights."""
     with pytest.raises(UserError, match=message):
         validate(compose(override.split()))
+
+
+def test_check_refuses_an_output_folder_that_cannot_be_created_and_creates_none(tmp_path, data_dir):
+    """`--check` runs nothing: it tries the folder's parent (a folder made and removed again), not the folder."""
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    proc = _cli("--check", f"hydra.run.dir={blocker / 'run'}", cache=tmp_path / "cache")
+    _one_line_error(proc, tmp_path / "cache", "cannot create the output folder", "not a folder")
+    ok = _cli("--check", f"hydra.run.dir={tmp_path / 'new' / 'run'}", cache=tmp_path / "cache")
+    assert ok.returncode == 0, ok.stderr[-1500:]
+    assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize("key, given, message", [
+    ("fsdp", {"auto_wrap_policy": "foo"}, r"distributed\.fsdp: accelerate's FullyShardedDataParallelPlugin refuses"),
+    ("fsdp", {"state_dict_type": "foo"}, r"distributed\.fsdp: accelerate's FullyShardedDataParallelPlugin refuses"),
+    ("fsdp", {"fsdp_version": 7}, r"distributed\.fsdp\.fsdp_version=7 must be 1 or 2"),
+    ("fsdp", {"wrap_everything": True}, r"distributed\.fsdp has unknown option\(s\) \['wrap_everything'\]"),
+    ("deepspeed", {"zero_stage": 5}, r"distributed\.deepspeed\.zero_stage=5 must be 0, 1, 2 or 3"),
+])
+def test_fsdp_and_deepspeed_options_are_checked_by_building_accelerates_plugin(key, given, message):
+    """On GPUs `Distributed.check` runs this at validation (CPU runs refuse FSDP / ZeRO before it): the plugin is built
+    once, so a bad option is not first seen at the first training loop."""
+    from unlearning.distributed import check_plugin
+
+    with pytest.raises(UserError, match=message):
+        check_plugin(key, given)
+    check_plugin("fsdp", {"auto_wrap_policy": "TRANSFORMER_BASED_WRAP"})  # a good one builds

@@ -51,7 +51,11 @@ def test_missing_files_and_bad_options_are_one_line(tmp_path):
     with pytest.raises(UserError, match=r"dataset.min_len=-1 must be"):
         load_wmdp(path=str(tmp_path / "w"), min_len=-1)
     with pytest.raises(UserError, match=r"hold no document longer than dataset.min_len=5000"):
-        load_wmdp(path=str(tmp_path / "w"), min_len=5000)
+        load_wmdp(path=str(tmp_path / "w"), min_len=5000, max_len=6000)
+    with pytest.raises(UserError, match=r"dataset.max_len=10 must exceed dataset.min_len=50"):
+        load_wmdp(path=str(tmp_path / "w"), min_len=50, max_len=10)
+    with pytest.raises(UserError, match=r"dataset.forget_corpora='bio-forget-corpus' must be a list"):
+        load_wmdp(path=str(tmp_path / "w"), forget_corpora="bio-forget-corpus")
 
 
 def test_rmu_on_wmdp_runs_end_to_end_from_the_model_as_it_is(tmp_path):

@@ -37,7 +37,7 @@ def _job(cfg):
     out_dir = Path(hc.runtime.output_dir)
     overrides = list(hc.overrides.task)
     with open_dict(cfg):
-        cfg.choices = {k: v for k, v in hc.runtime.choices.items() if not k.startswith("hydra")}
+        cfg.choices = {k: v for k, v in hc.runtime.choices.items() if not k.startswith("hydra") or k == "hydra/launcher"}
     multirun = hc.mode == RunMode.MULTIRUN
     if cfg.get("threads"):
         import torch
@@ -123,10 +123,10 @@ def main() -> int:
     sweeping = "-m" in args or "--multirun" in args
     try:
         check_overrides(args, CONF_DIR)
-        if not info and not check_only:
-            check_output_dir(args)
+        if not info:
+            check_output_dir(args, create=not check_only)
         if check_only or (sweeping and not info):  # a single run validates itself first thing (run.validate)
-            n = validate_jobs(args, CONF_DIR)
+            n = validate_jobs(args, CONF_DIR, MODE["eval"])
             if check_only:
                 print(f"ok: {n} job{'s' if n != 1 else ''} valid (nothing was run)")
                 return 0

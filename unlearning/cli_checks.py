@@ -88,8 +88,9 @@ def job_overrides(overrides: list[str], sweeping: bool) -> list[list[str]]:
     return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
 
 
-def validate_jobs(args: list[str], conf_dir: str) -> int:
-    """Validate every job of this launch (no weights loaded, nothing trained); returns the number of jobs."""
+def validate_jobs(args: list[str], conf_dir: str, evaluation_only: bool = False) -> int:
+    """Validate every job of this launch (no weights loaded, nothing trained); returns the number of jobs.
+    `evaluation_only`: the jobs are `unlearning-eval`'s."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from omegaconf import open_dict
@@ -97,7 +98,7 @@ def validate_jobs(args: list[str], conf_dir: str) -> int:
     from unlearning.validate import validate
 
     overrides, sweeping = _plain_overrides(args)
-    jobs = job_overrides([o for o in overrides if not o.split("=", 1)[0].lstrip("+~").startswith("hydra")], sweeping)
+    jobs = job_overrides([o for o in overrides if not o.split("=", 1)[0].lstrip("+~").startswith("hydra.")], sweeping)
     for n, job in enumerate(jobs):
         GlobalHydra.instance().clear()
         try:
@@ -109,10 +110,10 @@ def validate_jobs(args: list[str], conf_dir: str) -> int:
         finally:
             GlobalHydra.instance().clear()
         with open_dict(cfg):
-            cfg.choices = {k: v for k, v in cfg.hydra.runtime.choices.items() if not k.startswith("hydra")}
+            cfg.choices = {k: v for k, v in cfg.hydra.runtime.choices.items() if not k.startswith("hydra") or k == "hydra/launcher"}
             del cfg["hydra"]
         try:
-            validate(cfg)
+            validate(cfg, evaluation_only)
         except UserError as e:
             raise UserError(f"job {n} ({' '.join(job) or 'defaults'}): {e}" if sweeping else str(e)) from None
     return len(jobs)
@@ -133,8 +134,9 @@ def _plain_overrides(args: list[str]) -> tuple[list[str], bool]:
     return out, any(a in ("-m", "--multirun") for a in args)
 
 
-def check_output_dir(args: list[str]) -> None:
-    """The run (or sweep) folder must be creatable; Hydra makes it before the job starts and would end in a traceback."""
+def check_output_dir(args: list[str], create: bool = True) -> None:
+    """The run (or sweep) folder must be creatable; Hydra makes it before the job starts and would end in a traceback.
+    `create=False` (`--check`): only that its nearest existing folder is a writable folder."""
     import os
 
     overrides, sweeping = _plain_overrides(args)
@@ -143,8 +145,19 @@ def check_output_dir(args: list[str]) -> None:
     target = Path(given[-1] if given else "outputs").expanduser().absolute()
     if "${" in str(target):  # an interpolated folder (e.g. ${now:...}): its fixed part is what can fail
         target = Path(str(target).split("${", 1)[0]).parent
+    if not create:
+        while not target.exists() and target != target.parent:
+            target = target.parent
+        if not target.is_dir():
+            raise UserError(f"cannot create the output folder under {target}: it is not a folder; choose another with "
+                            f"{key}=...")
     try:
-        target.mkdir(parents=True, exist_ok=True)
+        if create:
+            target.mkdir(parents=True, exist_ok=True)
+        else:  # a folder made and removed again: access() says yes to root even where mkdir fails (/proc)
+            import tempfile
+
+            os.rmdir(tempfile.mkdtemp(dir=target))
         if not os.access(target, os.W_OK | os.X_OK):
             raise PermissionError(13, "not writable")
     except OSError as e:

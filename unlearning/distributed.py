@@ -216,13 +216,9 @@ class Distributed:
             raise UserError("distributed.strategy=deepspeed, but DeepSpeed is not installed: `pip install deepspeed` "
                             "(on a CUDA machine), or use distributed=fsdp")
         if self.effective == "fsdp":
-            from accelerate.utils import FullyShardedDataParallelPlugin
-
-            _plugin_keys("fsdp", self.fsdp, FullyShardedDataParallelPlugin)
+            check_plugin("fsdp", self.fsdp)
         if self.effective == "deepspeed":
-            from accelerate.utils import DeepSpeedPlugin
-
-            _plugin_keys("deepspeed", self.deepspeed, DeepSpeedPlugin)
+            check_plugin("deepspeed", self.deepspeed)
 
     def describe(self, batch_size: int, grad_accum: int) -> dict:
         """What results.json records: the strategy and the global batch (per device x processes x accumulation)."""
@@ -257,11 +253,27 @@ class Distributed:
         return Accelerator(**kwargs)
 
 
-def _plugin_keys(key: str, given: dict, plugin) -> None:
+def check_plugin(key: str, given: dict) -> None:
+    """`distributed.fsdp` / `.deepspeed`: accelerate's plugin built once at validation, so a bad value (an unknown
+    wrap policy, a ZeRO stage of 5) is one line before any weights load, not an error at the first training loop."""
+    from accelerate.utils import DeepSpeedPlugin, FullyShardedDataParallelPlugin
+
+    plugin = FullyShardedDataParallelPlugin if key == "fsdp" else DeepSpeedPlugin
     unknown = sorted(set(given) - set(plugin.__dataclass_fields__))
     if unknown:
         raise UserError(f"distributed.{key} has unknown option(s) {unknown}: it takes the arguments of accelerate's "
                         f"{plugin.__name__} (e.g. {sorted(plugin.__dataclass_fields__)[:6]} ...)")
+    version = given.get("fsdp_version")
+    if key == "fsdp" and version is not None and version not in (1, 2):
+        raise UserError(f"distributed.fsdp.fsdp_version={version!r} must be 1 or 2")
+    stage = given.get("zero_stage")
+    if key == "deepspeed" and stage is not None and stage not in (0, 1, 2, 3):
+        raise UserError(f"distributed.deepspeed.zero_stage={stage!r} must be 0, 1, 2 or 3")
+    try:
+        plugin(**given)
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise UserError(f"distributed.{key}: accelerate's {plugin.__name__} refuses these options ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0] if str(e) else e!r}); see conf/distributed/{key}.yaml") from None
 
 
 def shard(chunk: list, n: int, r: int) -> list:

@@ -30,7 +30,7 @@ log = logging.getLogger("unlearning")
 def evaluate_model(cfg: DictConfig, out_dir: str | Path, overrides: list[str] | None = None) -> dict:
     """validate -> load the model -> reference / target baselines (if given) -> evaluate -> attacks -> record."""
     t_start = time.perf_counter()
-    parts = validate(cfg)                                          # every component built and checked: no weights yet
+    parts = validate(cfg, evaluation_only=True)                    # every component built and checked: no weights yet
     if cfg.get("reference_result") and cfg.stage.reference_path:
         raise UserError("give stage.reference_path (a model to evaluate) or reference_result (its evaluation), not both")
     reference_result = load_reference_result(cfg.get("reference_result"))

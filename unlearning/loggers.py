@@ -54,6 +54,8 @@ def has_api_key() -> bool:
 
 
 def resolve_mode(mode: str | None) -> str:
+    if mode is not None and not isinstance(mode, str):
+        raise UserError(f"logger.mode={mode!r} is not one of {list(MODES)}")
     mode = (mode or "auto").lower()
     if mode not in MODES:
         raise UserError(f"logger.mode={mode!r} is not one of {list(MODES)}; set logger.mode=offline to log without a server")
@@ -114,6 +116,14 @@ class WandbLogger:
         self.entity = entity or os.environ.get("WANDB_ENTITY") or None
         self.mode = resolve_mode(mode)
         self.group, self.name, self.dir = group, name, dir
+        if tags is not None and (not isinstance(tags, (list, tuple)) or not all(isinstance(t, str) for t in tags)):
+            raise UserError(f"logger.tags={tags!r} must be a list of strings, e.g. logger.tags=[ablation,seed0]")
+        for key, value in (("project", project), ("entity", entity), ("group", group), ("name", name),
+                           ("job_type", job_type)):
+            if value is not None and not isinstance(value, str):
+                raise UserError(f"logger.{key}={value!r} must be a string")
+        if dir is not None and Path(str(dir)).exists() and not Path(str(dir)).is_dir():
+            raise UserError(f"logger.dir={dir!r} is a file; give a folder for W&B's files (or null: the run folder)")
         self.extra_tags = list(tags or [])
         self.job_type = job_type
         self.local = LocalLogger()

@@ -99,16 +99,33 @@ def load_folder(path: str | Path, dtype: str = "float32", attn_implementation: s
     return model, finish_tokenizer(tok, **(tokenizer or {}))
 
 
-def config_depth(folder: Path) -> int | None:
-    """num_hidden_layers from an HF folder's config.json, without loading weights."""
+def config_value(folder: Path, key: str) -> int | None:
+    """An integer of an HF folder's config.json (or its text_config), without loading weights."""
     import json
 
     try:
         cfg = json.loads((Path(folder) / "config.json").read_text())
     except (OSError, ValueError):
         return None
-    depth = cfg.get("num_hidden_layers", cfg.get("text_config", {}).get("num_hidden_layers"))
-    return int(depth) if isinstance(depth, int) else None
+    value = cfg.get(key, (cfg.get("text_config") or {}).get(key))
+    return int(value) if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def config_depth(folder: Path) -> int | None:
+    """num_hidden_layers from an HF folder's config.json, without loading weights."""
+    return config_value(folder, "num_hidden_layers")
+
+
+def check_chat_template(template: str) -> None:
+    """A template that does not compile fails at validation, not after the stages' weights load."""
+    from jinja2 import TemplateSyntaxError
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    try:
+        ImmutableSandboxedEnvironment().from_string(template)
+    except TemplateSyntaxError as e:
+        raise UserError(f"model.chat_template does not compile ({e.message}, line {e.lineno}); give a Jinja chat "
+                        "template or null for the tokenizer's own") from None
 
 
 def finish_tokenizer(tok, chat_template: str | None = None, eos_token: str | None = None, pad_token: str | None = None):
@@ -121,6 +138,9 @@ def finish_tokenizer(tok, chat_template: str | None = None, eos_token: str | Non
                             "token as written in tokenizer_config.json")
         tok.eos_token = eos_token
     if pad_token is not None:
+        if tok.convert_tokens_to_ids(pad_token) in (None, tok.unk_token_id):
+            raise UserError(f"model.pad_token={pad_token!r} is not a token of this tokenizer; give one of its tokens "
+                            "as written in tokenizer_config.json, or null (the eos token)")
         tok.pad_token = pad_token
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
@@ -143,6 +163,15 @@ class TinyLlama:
                                        "attn_implementation"])
         torch_dtype(dtype)
         self.attn = check_attn(attn_implementation)
+        sizes = dict(vocab_size=vocab_size, hidden_size=hidden_size, num_layers=num_layers, num_heads=num_heads,
+                     intermediate_size=intermediate_size, max_position_embeddings=max_position_embeddings)
+        for key, n in sizes.items():
+            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+                raise UserError(f"model.{key}={n!r} must be a whole number >= 1 (conf/model/tiny.yaml)")
+        if vocab_size < 64:  # the BPE tokenizer needs room for its bytes' merges and the chat tokens
+            raise UserError(f"model.vocab_size={vocab_size} is too small for the tiny model's BPE tokenizer; use >= 64")
+        if hidden_size % num_heads:
+            raise UserError(f"model.hidden_size={hidden_size} must be divisible by model.num_heads={num_heads}")
         self.name = name
         self.cfg = dict(vocab_size=vocab_size, hidden_size=hidden_size, num_layers=num_layers,
                         num_heads=num_heads, intermediate_size=intermediate_size,
@@ -216,6 +245,9 @@ class SmolLM2:
         self.attn = check_attn(attn_implementation)
         self.name, self.cache_dir, self.dtype = name, cache_dir, dtype
 
+    def max_positions(self) -> int:
+        return 8192  # SmolLM2-135M-Instruct's max_position_embeddings
+
     def load_kwargs(self) -> dict:
         """How any checkpoint of this model loads (the stages, the model to unlearn, the baselines)."""
         return {"dtype": self.dtype, "attn_implementation": self.attn}
@@ -282,10 +314,22 @@ class HFModel:
                             "give an HF-format folder or a hub id like org/name")
         if not self.local:
             self._check_hub()
+        if chat_template is not None:
+            check_chat_template(chat_template)
+        if self.local and (eos_token is not None or pad_token is not None):  # the tokenizer alone: no weights
+            from transformers import AutoTokenizer
+
+            finish_tokenizer(AutoTokenizer.from_pretrained(p, trust_remote_code=self.trust), None, eos_token, pad_token)
+
+    def max_positions(self) -> int | None:
+        """The model's position limit from a local folder's config.json (None for a hub id until it loads)."""
+        return config_value(Path(self.path).expanduser(), "max_position_embeddings") if self.local else None
 
     def _check_hub(self) -> None:
         """A hub id with the hub offline loads only from the local HF cache: say so before any work."""
-        if os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("1", "true", "yes"):
+        from unlearning import hub
+
+        if not hub.offline():
             return
         from huggingface_hub import try_to_load_from_cache
 

@@ -107,9 +107,6 @@ def run(cfg: DictConfig, out_dir: str | Path, overrides: list[str] | None = None
     """
     t_start = time.perf_counter()
     parts = validate(cfg)                                          # every component built and checked: no weights yet
-    if cfg.get("reference_result"):
-        raise UserError("reference_result is read by unlearning-eval only; a run's reference is the retain "
-                        "reference stage (stage.reference_path= to give one)")
     out_dir = make_run_folder(out_dir)
     if (done := finished(cfg, out_dir)) is not None:               # resume=true on a run that ended: nothing to do
         return done

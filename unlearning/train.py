@@ -115,10 +115,35 @@ class TrainSettings:
             if s.eval_every < 1:
                 raise UserError(f"{where}.stop={s.stop} needs {where}.eval_every=N: it reads the evaluations made during "
                                 "training")
+        check_scheduler(s.scheduler, s.scheduler_kwargs, where)
         if s.lora.r < 1 or not s.lora.alpha > 0 or not 0 <= s.lora.dropout < 1:
             raise UserError(f"{where}.lora: r={s.lora.r} must be >= 1, alpha={s.lora.alpha} > 0 and "
                             f"dropout={s.lora.dropout} in [0, 1)")
         return s
+
+
+def check_scheduler(name, kwargs, where: str) -> None:
+    """The schedule and its extra arguments as transformers' `get_scheduler` takes them, before any model loads."""
+    import inspect
+
+    from transformers import SchedulerType
+    from transformers.optimization import TYPE_TO_SCHEDULER_FUNCTION
+
+    try:
+        kind = SchedulerType(name)
+    except ValueError:
+        raise UserError(f"{where}.scheduler={name!r} is not one of transformers' schedules "
+                        f"{[t.value for t in SchedulerType]}") from None
+    from collections.abc import Mapping
+
+    if kwargs is not None and not isinstance(kwargs, Mapping):
+        raise UserError(f"{where}.scheduler_kwargs={kwargs!r} must be a mapping of the schedule's arguments")
+    params = inspect.signature(TYPE_TO_SCHEDULER_FUNCTION[kind]).parameters
+    fixed = {"optimizer", "num_warmup_steps", "num_training_steps", "last_epoch"}
+    unknown = sorted(set(kwargs or {}) - set(params))
+    if unknown:
+        raise UserError(f"{where}.scheduler_kwargs: {unknown} are not arguments of the {name} schedule; it takes "
+                        f"{sorted(set(params) - fixed) or 'none'}")
 
 
 def _typed(key: str, value, f):

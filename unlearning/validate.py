@@ -38,16 +38,25 @@ class Parts:
     distributed: object = None
 
 
-def validate(cfg: DictConfig) -> Parts:
-    """Every check that needs no model weights; returns the built components. Raises UserError on the first problem."""
+def validate(cfg: DictConfig, evaluation_only: bool = False) -> Parts:
+    """Every check that needs no model weights; returns the built components. Raises UserError on the first problem.
+    `evaluation_only`: the checks of `unlearning-eval`, which evaluates a model as it is."""
     from unlearning.precision import device_kind, resolve_auto
+    from unlearning.run import pick_device
     from unlearning.train import TrainSettings
 
+    pick_device(cfg.get("device", "auto"))  # an unknown device, or cuda without a GPU
+    if cfg.get("reference_result") and not evaluation_only:
+        raise UserError("reference_result is read by unlearning-eval only; a run's reference is the retain "
+                        "reference stage (stage.reference_path= to give one)")
     resolve_auto(cfg, device_kind(cfg.get("device", "auto")))  # `bf16: auto` -> true on a bf16 GPU, false elsewhere
     for group in GROUPS:
         check_keys_and_types(group, cfg[group], (cfg.get("choices") or {}).get(group))
+    for name, node in (cfg.get("attacks") or {}).items():
+        check_keys_and_types(f"attacks.{name}", node, str(name), conf=f"conf/attack/{name}.yaml")
     check_top_level(cfg)
     data, spec, method, evaluator = (build(cfg[g]) for g in ("dataset", "model", "method", "evaluator"))
+    check_lengths(cfg, getattr(spec, "max_positions", lambda: None)())
     evaluator = with_lm_eval(cfg, evaluator)
     logger = build(cfg.logger)
     attacks = {str(name): build(node) for name, node in (cfg.get("attacks") or {}).items()}
@@ -74,6 +83,7 @@ def validate(cfg: DictConfig) -> Parts:
             attack.check(evaluator, data)
     distributed = build(cfg.distributed)
     check_distributed(cfg, distributed, method, attacks)
+    check_processes(cfg, distributed)
     check_resume(cfg)
     return Parts(data, spec, method, evaluator, logger, unlearn, finetune, attacks, distributed)
 
@@ -145,6 +155,22 @@ def check_distributed(cfg: DictConfig, distributed, method, attacks: dict) -> No
                         "model in every process; run them with ddp, or on the saved model in one process")
 
 
+def check_processes(cfg: DictConfig, distributed) -> None:
+    """`distributed.processes` is how many processes a multi-process launcher starts per job; anywhere else the launch
+    decides, and a different count would be silently ignored."""
+    from unlearning.distributed import world_size
+
+    n, wanted = world_size(), distributed.processes
+    launcher = (cfg.get("choices") or {}).get("hydra/launcher")
+    if wanted > 1 and n == 1 and launcher != "slurm_multigpu":
+        raise UserError(f"distributed.processes={wanted}, but this is a single-process launch: processes is read by "
+                        "hydra/launcher=slurm_multigpu; elsewhere start the processes yourself (`torchrun "
+                        f"--nproc_per_node {wanted} -m unlearning ...`) and leave distributed.processes at 1")
+    if wanted > 1 and n > 1 and n != wanted:
+        raise UserError(f"distributed.processes={wanted}, but this launch started {n} processes (WORLD_SIZE={n}); "
+                        f"make them agree (distributed.processes={n})")
+
+
 def check_resume(cfg: DictConfig) -> None:
     from pathlib import Path
 
@@ -181,8 +207,9 @@ def _signature(target: str):
     return inspect.signature(obj.__init__ if inspect.isclass(obj) else obj)
 
 
-def check_keys_and_types(group: str, node: DictConfig, choice: str | None = None) -> None:
-    """Unknown keys and values of the wrong type, named by their config key, for any `_target_` node."""
+def check_keys_and_types(group: str, node: DictConfig, choice: str | None = None, conf: str | None = None) -> None:
+    """Unknown keys and values of the wrong type, named by their config key, for any `_target_` node (`conf`: the
+    file to name, where it is not conf/<group>/<choice>.yaml)."""
     target = node.get("_target_")
     if not target:
         return
@@ -203,9 +230,9 @@ def check_keys_and_types(group: str, node: DictConfig, choice: str | None = None
         value = OmegaConf.select(node, str(key))
         expected = _expected_type(params[key])
         if expected is not None and value is not None and not _fits(value, expected):
-            what = "true or false" if expected is bool else "a number"
-            raise UserError(f"{group}.{key}={value!r} must be {what} (conf/{group}/{name}.yaml or the override "
-                            f"{group}.{key}=...)")
+            what = {bool: "true or false", int: "a whole number"}.get(expected, "a number")
+            raise UserError(f"{group}.{key}={value!r} must be {what} ({conf or f'conf/{group}/{name}.yaml'} or the "
+                            f"override {group}.{key}=...)")
 
 
 def _choice(node: DictConfig, group: str) -> str:
@@ -222,17 +249,20 @@ def _choice(node: DictConfig, group: str) -> str:
 
 
 def _expected_type(param: inspect.Parameter):
-    """The number/bool type a parameter wants, from its default (annotations are strings under __future__)."""
+    """The number/bool type a parameter wants, from its annotation (a string under __future__) or else its default;
+    `int` only where the annotation says so (an `alpha=1` default may still take 0.5)."""
+    ann = str(param.annotation)
+    if ann in ("int", "int | None"):
+        return int
+    if ann in ("float", "float | None", "int | float", "float | int"):
+        return float
+    if ann in ("bool", "bool | None"):
+        return bool
     default = param.default
     if isinstance(default, bool):
         return bool
     if isinstance(default, (int, float)):
         return float
-    ann = str(param.annotation)
-    if ann in ("float", "int", "float | None", "int | None"):
-        return float
-    if ann in ("bool", "bool | None"):
-        return bool
     return None
 
 
@@ -241,6 +271,8 @@ def _fits(value, expected) -> bool:
         return isinstance(value, bool)
     if isinstance(value, bool):
         return False
+    if expected is int:
+        return isinstance(value, int) or (isinstance(value, float) and value.is_integer())
     if isinstance(value, (int, float)):
         return True
     try:
@@ -258,16 +290,45 @@ def check_top_level(cfg: DictConfig) -> None:
     if cfg.max_length < 8:
         raise UserError(f"max_length={cfg.max_length} is too small to hold a question and an answer; use >= 8 "
                         "(256 is the default)")
-    limit = cfg.model.get("max_position_embeddings")
-    if limit is not None and cfg.max_length > limit:
-        raise UserError(f"max_length={cfg.max_length} exceeds model.max_position_embeddings={limit}; "
-                        "lower max_length or raise the model's limit")
-    ev_length = cfg.evaluator.get("max_length") if "evaluator" in cfg else None
-    if limit is not None and isinstance(ev_length, int) and ev_length > limit:
-        raise UserError(f"evaluator.max_length={ev_length} exceeds model.max_position_embeddings={limit}; lower it "
-                        f"(evaluator.max_length={limit}) or raise the model's limit")
+    check_lengths(cfg, cfg.model.get("max_position_embeddings"))
     if cfg.get("threads") is not None and (not isinstance(cfg.threads, int) or cfg.threads < 1):
         raise UserError(f"threads={cfg.threads!r} must be a positive integer or null")
+    if not 0 <= cfg.seed < 2**32:  # numpy's and the data generators' seed range
+        raise UserError(f"seed={cfg.seed} must be in [0, 2**32)")
+    for key in ("save_model", "stage.evaluate_target", "subtraction.enabled"):
+        value = OmegaConf.select(cfg, key)
+        if value is not None and not isinstance(value, bool):
+            raise UserError(f"{key}={value!r} must be true or false (conf/config.yaml or the override {key}=...)")
+    check_cache_dir(cfg)
+
+
+def check_cache_dir(cfg: DictConfig) -> None:
+    """The stage cache must be a folder this process can write (it holds every fine-tuned stage)."""
+    import os
+
+    from unlearning.models import cache_root
+
+    try:
+        root = cache_root(cfg.get("cache_dir"))  # creates it
+    except OSError as e:
+        raise UserError(f"cache_dir={cfg.get('cache_dir')!r} cannot be created ({e.strerror}); give a writable folder "
+                        "(cache_dir=... or UNLEARNING_CACHE)") from None
+    if not root.is_dir() or not os.access(root, os.W_OK):
+        raise UserError(f"cache_dir={str(root)!r} is not a writable folder; give another (cache_dir=... or "
+                        "UNLEARNING_CACHE)")
+
+
+def check_lengths(cfg: DictConfig, limit: int | None) -> None:
+    """Sequence lengths within the model's positions (the tiny model's config key, or a folder's config.json)."""
+    if limit is None:
+        return
+    if cfg.max_length > limit:
+        raise UserError(f"max_length={cfg.max_length} exceeds the model's {limit} positions "
+                        "(max_position_embeddings); lower max_length")
+    ev_length = cfg.evaluator.get("max_length") if "evaluator" in cfg else None
+    if isinstance(ev_length, int) and ev_length > limit:
+        raise UserError(f"evaluator.max_length={ev_length} exceeds the model's {limit} positions "
+                        f"(max_position_embeddings); lower it (evaluator.max_length={limit})")
 
 
 def check_steps(settings, n_examples: int, where: str) -> None:
@@ -303,6 +364,8 @@ def check_evaluator_on_data(cfg: DictConfig, evaluator, data) -> None:
         raise UserError(f"evaluator={ev} needs {missing} from the dataset, which dataset={data.name} does not give; "
                         f"pair it with its own benchmark (evaluator=tofu with dataset=tofu, muse with muse_news, "
                         "pii with synthetic_pii)")
+    if hasattr(evaluator, "check_data"):  # what this evaluator needs of the data's contents (e.g. PII probes)
+        evaluator.check_data(data)
 
 
 def eval_tags(generation: DictConfig) -> list[str]:
@@ -368,14 +431,15 @@ def hub_stage(cfg: DictConfig, key: str, repo: str):
     """A hub id given as stage.target_path / reference_path: the local snapshot (downloaded where the hub is
     reachable, else from the local Hugging Face cache), written back into the config as a folder, with the id and
     the snapshot's commit recorded under stage.hub.<target|reference>."""
-    import os
     from pathlib import Path
 
     from huggingface_hub import snapshot_download
 
     kind = key.split(".")[1].removesuffix("_path")
     revision = OmegaConf.select(cfg, f"stage.{kind}_revision")
-    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    from unlearning import hub
+
+    offline = hub.offline()
     try:
         folder = Path(snapshot_download(repo, revision=revision, local_files_only=offline))
     except Exception as e:  # offline and not cached, no such repo, no network

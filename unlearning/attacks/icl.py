@@ -43,6 +43,15 @@ class InContext:
         if self.shots >= len(data.forget):
             raise UserError(f"attacks.icl.shots={self.shots}: the forget set has only {len(data.forget)} "
                             "examples to draw shots about other items from; use fewer shots")
+        if evaluator.name == "pii":  # a PII probe's shots are forget turns about other people (transform below)
+            from collections import Counter
+
+            per_person = Counter((ex.meta or {}).get("person") for ex in data.forget)
+            probed = {p["person"] for p in data.extra.get("probes", [])}
+            fewest = min((len(data.forget) - per_person[person], person) for person in probed) if probed else None
+            if fewest is not None and self.shots > fewest[0]:
+                raise UserError(f"attacks.icl.shots={self.shots}: only {fewest[0]} forget turns are about people other "
+                                f"than {fewest[1]}; use fewer shots or more people (dataset.people)")
 
     def _shots(self, pool, rng, keep) -> list[dict]:
         chosen = rng.sample([ex for ex in pool if keep(ex)], self.shots)

@@ -70,6 +70,8 @@ def parse_args(argv):
     p.add_argument("--max-items", type=int, default=None, help="first N items per split (default: all)")
     p.add_argument("--no-generate", action="store_true",
                    help="TOFU: likelihood metrics only (no ROUGE, no model_utility)")
+    p.add_argument("--splits", default=None, help="TOFU: comma list of splits to evaluate (forget, retain, "
+                   "real_authors, world_facts; default all; model_utility needs all four)")
     p.add_argument("--reference", default=None, help="folder with OU's TOFU_EVAL.json / MUSE_EVAL.json (default: "
                    "../shared/reference/ou_tofu_forget01_smollm2 or ou_muse_news_smollm2)")
     shared = here.parent / "shared" / "data"
@@ -96,7 +98,8 @@ def evaluate(mode: str, model, tok, data, args) -> dict:
     if args.benchmark == "tofu":
         from unlearning.eval.tofu import TofuEvaluator
 
-        ev = TofuEvaluator(compat=compat, max_items=args.max_items, generate=not args.no_generate, batch_size=32)
+        ev = TofuEvaluator(compat=compat, max_items=args.max_items, generate=not args.no_generate, batch_size=32,
+                           splits=args.splits.split(",") if args.splits else None)
     else:
         from unlearning.eval.muse import MuseEvaluator
 

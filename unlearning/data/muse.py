@@ -128,10 +128,21 @@ def load_muse_news(path: str | None = None, data_dir: str | None = None, retain_
         pl_back = [backing_articles(p["text"], forget_all) for p in pl_forget]
         # Interleave VerbMem and PrivLeak probes so a small subset keeps some of each.
         probes = [b for pair in zip(vm_back, pl_back) for b in pair]
-        keep = [i for i in select_forget(forget_all, probes, num_forget) if forget_all[i].strip()]
-        kept = set(keep)
-        verbmem = [v for v, b in zip(verbmem, vm_back) if b and set(b) <= kept]
-        pl_forget = [p for p, b in zip(pl_forget, pl_back) if b and set(b) <= kept]
+
+        def subset(n):
+            keep = [i for i in select_forget(forget_all, probes, n) if forget_all[i].strip()]
+            kept = set(keep)
+            return (keep, [v for v, b in zip(verbmem, vm_back) if b and set(b) <= kept],
+                    [p for p, b in zip(pl_forget, pl_back) if b and set(b) <= kept])
+
+        keep, verbmem_kept, pl_kept = subset(num_forget)
+        if not verbmem_kept or not pl_kept:  # MUSE's probes need their backing articles: a metric with no items
+            smallest = next((n for n in range(num_forget + 1, len(forget_all) + 1) if all(subset(n)[1:])), None)
+            raise UserError(f"dataset.num_forget={num_forget} keeps no "
+                            f"{' or '.join(k for k, v in (('VerbMem', verbmem_kept), ('PrivLeak', pl_kept)) if not v)} "
+                            "probe whose articles are all kept; raise it"
+                            + (f" (the smallest that keeps both: {smallest})" if smallest else "") + " or null for all")
+        verbmem, pl_forget = verbmem_kept, pl_kept
         pl_holdout = pl_holdout[: len(pl_forget)]  # balanced classes for the AUC
     retain = [t for t in retain if t.strip()][:num_retain]
     if not keep:

@@ -60,12 +60,19 @@ def _qa(rows: list[dict], prefix: str) -> list[Example]:
 
 
 def load_tofu(forget_split: str = "forget01", retain_authors: int | None = None, path: str | None = None,
-              data_dir: str | None = None, eval_sets: bool = True, **_) -> UnlearningData:
+              data_dir: str | None = None, eval_sets: bool = True, **unknown) -> UnlearningData:
     """forget_split in forget01/05/10; `retain_authors` keeps only the first N retain authors (CPU runs)."""
-    if forget_split not in SPLITS:
+    from unlearning.errors import reject_unknown
+
+    reject_unknown("dataset", "tofu", unknown, ["forget_split", "retain_authors", "path", "data_dir"])
+    if not isinstance(forget_split, str) or forget_split not in SPLITS:
         raise UserError(f"dataset.forget_split={forget_split!r} is unknown; use one of {sorted(SPLITS)}")
-    if retain_authors is not None and retain_authors < 0:
-        raise UserError(f"dataset.retain_authors={retain_authors} must be >= 0 (or null for all)")
+    # the reference stage trains on the retain authors, and model_utility / forget_quality need them
+    if retain_authors is not None and retain_authors < 1:
+        raise UserError(f"dataset.retain_authors={retain_authors} must be >= 1 (or null for all): the retain "
+                        "reference and model_utility are built from them")
+    if path is not None and not isinstance(path, str):
+        raise UserError(f"dataset.path={path!r} must be a folder path (a string) or null")
     files = TofuFiles(resolve_dir(path, data_dir, "tofu"))
     forget_rows = files.rows(forget_split)
     retain_rows = files.rows(SPLITS[forget_split])

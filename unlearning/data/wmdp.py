@@ -13,7 +13,6 @@ so the target stage is the base model itself (`target_train` is empty) and no re
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from unlearning.data.base import Example, UnlearningData
@@ -44,7 +43,9 @@ def read_corpus(folder: Path | None, name: str) -> list[str]:
                         f"{sorted(HUB)} or put {name}.jsonl in dataset.path")
     repo, config = HUB[name]
     local = f"{folder}/{name}.jsonl" if folder is not None else f"$UNLEARNING_DATA_DIR/wmdp/{name}.jsonl"
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+    from unlearning import hub
+
+    if hub.offline():
         raise UserError(f"WMDP corpus {name!r}: {local} does not exist and the hub is offline (HF_HUB_OFFLINE=1), so "
                         f"its hub copy {repo} cannot be loaded; put the file there (WMDP's data/ layout)")
     try:
@@ -68,6 +69,11 @@ def load_wmdp(path: str | None = None, data_dir: str | None = None,
     for key, value in (("num_forget", num_forget), ("num_retain", num_retain)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise UserError(f"dataset.{key}={value!r} must be an integer >= 1, or null for all")
+    if max_len <= min_len:  # WMDP keeps documents longer than min_len, cut to max_len characters
+        raise UserError(f"dataset.max_len={max_len} must exceed dataset.min_len={min_len} (characters)")
+    for key, names in (("forget_corpora", forget_corpora), ("retain_corpora", retain_corpora)):
+        if isinstance(names, str):
+            raise UserError(f"dataset.{key}={names!r} must be a list, e.g. [{names}]")
     if not forget_corpora:
         raise UserError("dataset.forget_corpora=[] names no corpus to unlearn; e.g. [bio-forget-corpus, cyber-forget-corpus]")
     folder = Path(path) if path else (Path(data_dir) / "wmdp" if data_dir else None)

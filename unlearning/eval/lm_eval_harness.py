@@ -84,7 +84,9 @@ def hub_cached(repo: str) -> bool:
 
 
 def hub_offline() -> bool:
-    return any(os.environ.get(v, "0").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+    from unlearning import hub
+
+    return hub.offline(datasets=True)
 
 
 class LmEvalEvaluator:

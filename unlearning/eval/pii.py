@@ -111,13 +111,21 @@ class PiiEvaluator:
         probes = self._probes(data) if "probes" in data.extra else []
         names = {"num_probes", "leakage_rate", "partial_leakage_rate", "detector_pii_count", "detector_pii_per_answer",
                  "degenerate_rate", "offtopic_rate", "cross_leakage_rate"}
-        if self.utility:
+        if self.utility and data.extra.get("pii_free_heldout"):  # none held out (dataset.pii_free_heldout=0): none
             names |= {"utility_rougeL_recall", "utility_rougeL_f", "utility_nll", "utility_degenerate_rate"}
         if self.general is not None:
             names |= set(GENERAL_METRICS)
         names |= {f"leakage_rate_{'seen' if p['seen'] else 'unseen'}" for p in probes}
         names |= {f"leakage_rate_{p['kind']}" for p in probes} | {f"leakage_rate_type_{p['type']}" for p in probes}
         return names
+
+    def check_data(self, data) -> None:
+        """Called in the validation phase: the kinds asked for must find probes in this dataset."""
+        from unlearning.errors import UserError
+
+        if "probes" in data.extra and not self._probes(data):
+            raise UserError(f"evaluator.kinds={list(self.kinds)} selects no probe of this dataset (continuation "
+                            "probes come from dataset.heldout_per_person >= 1); add a kind or raise it")
 
     def _probes(self, data) -> list[dict]:
         out = []

@@ -14,6 +14,7 @@ import json
 import logging
 
 from unlearning.data.base import Example, UnlearningData
+from unlearning.errors import UserError
 from unlearning.hashing import short_hash
 from unlearning.results import atomic_write
 
@@ -113,9 +114,14 @@ def load_synthetic_pii(name: str = "synthetic_pii", people: int = 20, seed: int 
     args = {k: v for k, v in locals().items() if k != "_now"}
     from .people import PII_TYPES
 
+    check_options(locale=locale, dialogues_per_person=dialogues_per_person, heldout_per_person=heldout_per_person,
+                  pii_free_train=pii_free_train, pii_free_heldout=pii_free_heldout,
+                  unseen_direct_per_type=unseen_direct_per_type, pii_types=pii_types, probe_templates=probe_templates,
+                  replacement=replacement)
+
     options = dict(people=people, seed=seed, locale=locale, dialogues_per_person=dialogues_per_person,
                    heldout_per_person=heldout_per_person, lookups=lookups, pii_free_train=pii_free_train,
-                   pii_free_heldout=pii_free_heldout, pii_types=list(_plain(pii_types) or PII_TYPES),
+                   pii_free_heldout=pii_free_heldout, pii_types=list(PII_TYPES if pii_types is None else _plain(pii_types)),
                    probe_templates=_plain(probe_templates), unseen_direct_per_type=unseen_direct_per_type)
     replacement = dict(_plain(replacement) or {})
     key = short_hash([FORMAT, options, _stable(replacement)])
@@ -136,6 +142,41 @@ def load_synthetic_pii(name: str = "synthetic_pii", people: int = 20, seed: int 
         if cache_dir:
             atomic_write(path_, json.dumps(data, sort_keys=True, ensure_ascii=False))
     return to_unlearning_data(data, name)
+
+
+REPLACEMENT_KEYS = ("model", "system_prompt", "max_new_tokens", "batch_size", "bf16")
+
+
+def check_options(locale, pii_types, probe_templates, replacement, **counts) -> None:
+    """The options' types and ranges, one line each, before anything is generated (the replacement model's
+    settings are otherwise first read after its weights load)."""
+    if not isinstance(locale, str):
+        raise UserError(f"dataset.locale={locale!r} must be a Faker locale name, e.g. en_US")
+    for key, n in counts.items():
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise UserError(f"dataset.{key}={n!r} must be a whole number >= 0")
+    if pii_types is not None and not isinstance(_plain(pii_types), list):
+        raise UserError(f"dataset.pii_types={pii_types!r} must be a list, e.g. [name, email, phone]")
+    if probe_templates is not None and not isinstance(_plain(probe_templates), dict):
+        raise UserError(f"dataset.probe_templates={probe_templates!r} must be a mapping "
+                        "{direct: [...], completion: {type: prefix}} or null")
+    rep = _plain(replacement)
+    if rep is None:
+        return
+    if not isinstance(rep, dict):
+        raise UserError(f"dataset.replacement={replacement!r} must be a mapping (conf/dataset/synthetic_pii.yaml)")
+    unknown = sorted(set(rep) - set(REPLACEMENT_KEYS))
+    if unknown:
+        raise UserError(f"unknown option(s) {unknown} for dataset.replacement; known: {list(REPLACEMENT_KEYS)}")
+    model = rep.get("model")
+    # a model spec (Hydra builds the config's `_target_` first) or a config still to build
+    if model is not None and not (hasattr(model, "load") or (isinstance(model, dict) and model.get("_target_"))):
+        raise UserError(f"dataset.replacement.model={model!r} must be a model config (e.g. dataset.replacement.model="
+                        "${model}) or null")
+    for key in ("max_new_tokens", "batch_size"):
+        n = rep.get(key)
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+            raise UserError(f"dataset.replacement.{key}={n!r} must be a whole number >= 1")
 
 
 def to_unlearning_data(data: dict, name: str = "synthetic_pii") -> UnlearningData:
