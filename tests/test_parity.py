@@ -70,6 +70,17 @@ def test_compat_scores_openunlearnings_exact_token_sequence(smollm2):
     assert item["labels"][: len(item["input_ids"]) - len(labelled)] == [-100] * (len(item["input_ids"]) - len(labelled))
 
 
+def test_compat_decodes_with_the_clean_up_openunlearnings_transformers_applied(smollm2):
+    """OU's MUSE record (transformers 4.51) has KnowMem forget item 15 as "a'safer starting point"; the same tokens
+    decode to "a 'safer" on transformers 5 unless the clean-up (" 's" -> "'s") is applied explicitly."""
+    from unlearning.eval.engine import decode
+
+    _, tok = smollm2
+    ids = tok("The idea of a 'safer starting point', it's here .", add_special_tokens=False)["input_ids"]
+    assert decode(tok, ids, clean_up=True) == "The idea of a'safer starting point', it's here."
+    assert decode(tok, ids) == "The idea of a 'safer starting point', it's here ."
+
+
 def test_not_pad_mask_hides_every_token_equal_to_pad():
     """OpenUnlearning's `input_ids != pad_id`: with pad id 2, the in-sequence 2s are hidden too; 'lengths' keeps them."""
     from unlearning.eval.engine import _masked

@@ -157,6 +157,15 @@ def cut(text: str, stop_strings) -> str:
 
 
 @torch.no_grad()
+def decode(tokenizer, ids: list[int], clean_up: bool | None = None) -> str:
+    """Token ids to text without special tokens. `clean_up=True` applies the tokenizer's clean-up of tokenization
+    spaces (" 's" -> "'s", " ," -> ","...) explicitly: transformers 4.x did so in `decode`, 5.x no longer does for
+    every tokenizer (SmolLM2's "a 'safer" stays), and OpenUnlearning's output was decoded by 4.51."""
+    kwargs = {} if clean_up is None else {"clean_up_tokenization_spaces": clean_up}
+    text = tokenizer.decode(ids, skip_special_tokens=True, **kwargs)
+    return tokenizer.clean_up_tokenization(text) if clean_up else text
+
+
 def greedy(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, batch_size: int = 16,
            stop_strings: list[str] | None = None, bf16: bool = False, desc: str | None = None,
            negative_prompts: list[list[int]] | None = None, guidance=None, mask: str = "lengths",
@@ -174,7 +183,6 @@ def greedy(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, batc
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i])) if sort else list(range(len(prompts)))
     texts: dict[int, str] = {}
-    decode_kwargs = {} if clean_up is None else {"clean_up_tokenization_spaces": clean_up}
     guided = guidance is not None and guidance.active and negative_prompts is not None
     batches, shows = _my_batches(order, batch_size)
     for idx in tqdm(batches, desc=desc, disable=desc is None or not shows, leave=False):
@@ -197,7 +205,7 @@ def greedy(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, batc
             toks = new[row]
             if eos in toks:
                 toks = toks[: toks.index(eos)]
-            texts[i] = cut(tokenizer.decode(toks, skip_special_tokens=True, **decode_kwargs), stop_strings)
+            texts[i] = cut(decode(tokenizer, toks, clean_up), stop_strings)
     return _everyone(texts, len(prompts))
 
 

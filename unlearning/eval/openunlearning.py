@@ -74,10 +74,11 @@ def encode(tok, messages: list[dict], answer: str, system: str = SYSTEM_PROMPT) 
 
 def ground_truth(tok, messages: list[dict], answer: str, system: str = SYSTEM_PROMPT) -> str:
     """ROUGE's reference text as OpenUnlearning's `eval_text_similarity` rebuilds it from the token ids."""
+    from unlearning.eval.engine import decode
+
     item = encode(tok, messages, answer, system)
-    kw = {"skip_special_tokens": True, "clean_up_tokenization_spaces": True}
-    full = tok.decode(item["input_ids"], **kw)
-    prompt = tok.decode(prompt_ids(tok, messages, system), **kw)
+    full = decode(tok, item["input_ids"], clean_up=True)
+    prompt = decode(tok, prompt_ids(tok, messages, system), clean_up=True)
     return full.replace(prompt, "").strip()
 
 
@@ -99,8 +100,10 @@ def completion(tok, prefix: str, text: str, insert_space: bool = False, max_leng
 
 def completion_truth(tok, item: dict) -> str:
     """VerbMem's reference text as `eval_text_similarity` rebuilds it: the decoded sequence minus the decoded prefix."""
-    kw = {"skip_special_tokens": True, "clean_up_tokenization_spaces": True}
-    return tok.decode(item["input_ids"], **kw).replace(tok.decode(item["prefix_ids"], **kw), "").strip()
+    from unlearning.eval.engine import decode
+
+    return decode(tok, item["input_ids"], clean_up=True).replace(decode(tok, item["prefix_ids"], clean_up=True),
+                                                                 "").strip()
 
 
 def icl_messages(icl: list[dict], question: str) -> list[dict]:
