@@ -127,3 +127,13 @@ def test_smollm2s_positions_bound_max_length(data_dir):
 
     with pytest.raises(UserError, match=r"max_length=9000 exceeds the model's 8192 positions"):
         validate(compose(["model=smollm2_135m", "max_length=9000"]))
+
+
+def test_chat_templates_compile_as_transformers_compiles_them():
+    """transformers' own extensions ({% break %}, {% generation %}) are valid; a syntax error is one line."""
+    from unlearning.models import check_chat_template
+
+    check_chat_template("{% for m in messages %}{% if loop.index > 1 %}{% break %}{% endif %}"
+                        "{% generation %}{{ m['content'] }}{% endgeneration %}{% endfor %}")
+    with pytest.raises(UserError, match=r"model\.chat_template does not compile"):
+        check_chat_template("{% for m in messages %}")

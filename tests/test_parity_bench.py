@@ -77,7 +77,11 @@ def test_tofu_table_flattens_perturbed_lists_and_reads_saved_modes(tmp_path):
     (["--max-items", "0"], "--max-items=0 must be at least 1"),
     (["--benchmark", "muse", "--metrics", "mia_min_k,forget_Q_A_Prob"], "--metrics: unknown ['forget_Q_A_Prob'] for muse"),
 ])
-def test_bad_input_is_one_line(argv, message, capsys):
+def test_bad_input_is_one_line(argv, message, capsys, tmp_path):
+    for name in ("TOFU_EVAL.json", "MUSE_EVAL.json"):  # a reference folder, so that the check after it is reached
+        (tmp_path / name).write_text("{}")
+    if "--reference" not in argv:
+        argv = [*argv, "--reference", str(tmp_path)]
     assert parity.main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1

@@ -196,17 +196,18 @@ class Distributed:
     def sharded(self) -> bool:
         return self.effective in SHARDED
 
-    def check(self) -> None:
-        """Refuse what cannot work here, before any weights load."""
+    def check(self, submitting: bool = False) -> None:
+        """Refuse what cannot work here, before any weights load. `submitting`: validated on the host that submits a
+        multi-process Slurm sweep, where the launch's processes and GPUs do not exist yet (each job checks again)."""
         n = world_size()
         if self.strategy == "single" and n > 1:
             raise UserError(f"distributed=single, but this launch started {n} processes (WORLD_SIZE={n}); they would "
                             "race for one output folder: use distributed=ddp (or auto), or launch one process")
-        if self.strategy in ("ddp", *SHARDED) and n == 1:
+        if self.strategy in ("ddp", *SHARDED) and n == 1 and not submitting:
             raise UserError(f"distributed.strategy={self.strategy} needs a multi-process launch, but WORLD_SIZE is 1: "
                             "start it with `torchrun --nproc_per_node N -m unlearning ...` or `accelerate launch "
                             "--num_processes N -m unlearning ...`, or use distributed=auto for one process")
-        if self.sharded:
+        if self.sharded and not submitting:
             import torch
 
             if not torch.cuda.is_available():  # accelerate wires FSDP and DeepSpeed on GPUs only; on CPU it would run DDP
@@ -271,7 +272,7 @@ def check_plugin(key: str, given: dict) -> None:
         raise UserError(f"distributed.deepspeed.zero_stage={stage!r} must be 0, 1, 2 or 3")
     try:
         plugin(**given)
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
+    except Exception as e:  # accelerate's __post_init__ raises ValueError, KeyError, ImportError, RuntimeError, ...
         raise UserError(f"distributed.{key}: accelerate's {plugin.__name__} refuses these options ({type(e).__name__}: "
                         f"{str(e).splitlines()[0] if str(e) else e!r}); see conf/distributed/{key}.yaml") from None
 

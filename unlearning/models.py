@@ -119,10 +119,10 @@ def config_depth(folder: Path) -> int | None:
 def check_chat_template(template: str) -> None:
     """A template that does not compile fails at validation, not after the stages' weights load."""
     from jinja2 import TemplateSyntaxError
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
+    from transformers.utils.chat_template_utils import _compile_jinja_template  # its extensions ({% break %}, ...)
 
     try:
-        ImmutableSandboxedEnvironment().from_string(template)
+        _compile_jinja_template(template)
     except TemplateSyntaxError as e:
         raise UserError(f"model.chat_template does not compile ({e.message}, line {e.lineno}); give a Jinja chat "
                         "template or null for the tokenizer's own") from None
@@ -133,12 +133,12 @@ def finish_tokenizer(tok, chat_template: str | None = None, eos_token: str | Non
     model's end-of-turn token where its tokenizer's eos is another (Phi-3.5's `<|end|>`, Gemma's `<end_of_turn>`);
     a pad token (the eos when the tokenizer has none); a chat template (ChatML when the tokenizer has none)."""
     if eos_token is not None:
-        if tok.convert_tokens_to_ids(eos_token) in (None, tok.unk_token_id):
+        if tok.convert_tokens_to_ids(eos_token) in (None, tok.unk_token_id) and eos_token != tok.unk_token:
             raise UserError(f"model.eos_token={eos_token!r} is not a token of this tokenizer; give its end-of-turn "
                             "token as written in tokenizer_config.json")
         tok.eos_token = eos_token
     if pad_token is not None:
-        if tok.convert_tokens_to_ids(pad_token) in (None, tok.unk_token_id):
+        if tok.convert_tokens_to_ids(pad_token) in (None, tok.unk_token_id) and pad_token != tok.unk_token:
             raise UserError(f"model.pad_token={pad_token!r} is not a token of this tokenizer; give one of its tokens "
                             "as written in tokenizer_config.json, or null (the eos token)")
         tok.pad_token = pad_token

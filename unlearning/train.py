@@ -141,7 +141,7 @@ def check_scheduler(name, kwargs, where: str) -> None:
     params = inspect.signature(TYPE_TO_SCHEDULER_FUNCTION[kind]).parameters
     fixed = {"optimizer", "num_warmup_steps", "num_training_steps", "last_epoch"}
     unknown = sorted(set(kwargs or {}) - set(params))
-    if unknown:
+    if unknown and not any(p.kind == p.VAR_KEYWORD for p in params.values()):
         raise UserError(f"{where}.scheduler_kwargs: {unknown} are not arguments of the {name} schedule; it takes "
                         f"{sorted(set(params) - fixed) or 'none'}")
 

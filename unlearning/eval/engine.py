@@ -161,9 +161,12 @@ def decode(tokenizer, ids: list[int], clean_up: bool | None = None) -> str:
     """Token ids to text without special tokens. `clean_up=True` applies the tokenizer's clean-up of tokenization
     spaces (" 's" -> "'s", " ," -> ","...) explicitly: transformers 4.x did so in `decode`, 5.x no longer does for
     every tokenizer (SmolLM2's "a 'safer" stays), and OpenUnlearning's output was decoded by 4.51."""
-    kwargs = {} if clean_up is None else {"clean_up_tokenization_spaces": clean_up}
-    text = tokenizer.decode(ids, skip_special_tokens=True, **kwargs)
-    return tokenizer.clean_up_tokenization(text) if clean_up else text
+    if not clean_up:
+        kwargs = {} if clean_up is None else {"clean_up_tokenization_spaces": False}
+        return tokenizer.decode(ids, skip_special_tokens=True, **kwargs)
+    # once: the clean-up is not idempotent ("x  ." -> "x ." -> "x."), and 5.x still applies it for some tokenizers
+    return tokenizer.clean_up_tokenization(tokenizer.decode(ids, skip_special_tokens=True,
+                                                            clean_up_tokenization_spaces=False))
 
 
 def greedy(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, batch_size: int = 16,

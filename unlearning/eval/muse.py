@@ -53,7 +53,7 @@ def verbmem_item(tok, prompt: str, gt: str, max_length: int, keep: int | None = 
     it = ou.completion(tok, prompt, gt, insert_space=True, max_length=max_length)
     drop = max(0, len(it["prefix_ids"]) - keep) if keep else 0
     return {"prefix_ids": it["prefix_ids"][drop:], "input_ids": it["input_ids"][drop:], "labels": it["labels"][drop:],
-            "truth": ou.completion_truth(tok, it)}
+            "truth": ou.completion_truth(tok, it, clean_up=None)}  # decoded as the default's generations are
 
 
 def drop_last(ts: "engine.TokenScores") -> "engine.TokenScores":

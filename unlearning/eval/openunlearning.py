@@ -98,12 +98,12 @@ def completion(tok, prefix: str, text: str, insert_space: bool = False, max_leng
     return {"prefix_ids": prefix_ids, "input_ids": full, "labels": [IGNORE] * start + full[start:]}
 
 
-def completion_truth(tok, item: dict) -> str:
-    """VerbMem's reference text as `eval_text_similarity` rebuilds it: the decoded sequence minus the decoded prefix."""
+def completion_truth(tok, item: dict, clean_up: bool | None = True) -> str:
+    """VerbMem's reference text as `eval_text_similarity` rebuilds it: the decoded sequence minus the decoded prefix
+    (`clean_up` as the generation it is compared with is decoded: OU's clean-up in compat mode)."""
     from unlearning.eval.engine import decode
 
-    return decode(tok, item["input_ids"], clean_up=True).replace(decode(tok, item["prefix_ids"], clean_up=True),
-                                                                 "").strip()
+    return decode(tok, item["input_ids"], clean_up).replace(decode(tok, item["prefix_ids"], clean_up), "").strip()
 
 
 def icl_messages(icl: list[dict], question: str) -> list[dict]:
