@@ -170,6 +170,21 @@ class MainOnly:
         return getattr(self._inner, name)
 
 
+def pick_device(name: str) -> str:
+    """cpu or cuda; under a multi-process launch each process takes the GPU of its local rank."""
+    import torch
+
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name not in ("cpu", "cuda"):
+        raise UserError(f"device={name!r} is unknown; use auto, cpu or cuda")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("device=cuda but no CUDA GPU is visible; use device=auto or device=cpu")
+    if name == "cuda" and world_size() > 1:
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    return name
+
+
 class Distributed:
     """`distributed=` config group: how the processes of one run share the work (accelerate plugins)."""
 

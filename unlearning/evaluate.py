@@ -17,11 +17,11 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from unlearning.distributed import is_main, wait
+from unlearning.distributed import is_main, pick_device, wait
 from unlearning.errors import UserError
 from unlearning.models import load_folder
 from unlearning.results import provenance, versions, write_json
-from unlearning.run import RunContext, cached_eval, evaluate_all, for_tokenizer, make_run_folder, pick_device, start_logger
+from unlearning.run import RunContext, cached_eval, evaluate_all, for_tokenizer, make_run_folder, start_logger
 from unlearning.validate import validate
 
 log = logging.getLogger("unlearning")

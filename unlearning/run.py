@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from unlearning.data.base import encode
-from unlearning.distributed import MainOnly, broadcast, is_main, main_first, wait, world_size
+from unlearning.distributed import MainOnly, broadcast, is_main, main_first, pick_device, wait, world_size
 from unlearning.errors import Diverged, UserError
 from unlearning.hashing import short_hash
 from unlearning.models import cache_root, load_folder
@@ -43,19 +41,6 @@ class RunContext:
     provenance: dict = field(default_factory=dict)    # what determines the numbers besides the config
     resume_from: Path | None = None                   # the checkpoint this run continues from
     training_eval: dict = field(default_factory=dict)  # curve / selection of the evaluations during training
-
-
-def pick_device(name: str) -> str:
-    """cpu or cuda; under a multi-process launch each process takes the GPU of its local rank."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name not in ("cpu", "cuda"):
-        raise UserError(f"device={name!r} is unknown; use auto, cpu or cuda")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("device=cuda but no CUDA GPU is visible; use device=auto or device=cpu")
-    if name == "cuda" and world_size() > 1:
-        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-    return name
 
 
 def cached_eval(ctx: RunContext, evaluator, model_path: Path, data, reference: dict | None, what: str) -> dict:

@@ -41,8 +41,8 @@ class Parts:
 def validate(cfg: DictConfig, evaluation_only: bool = False) -> Parts:
     """Every check that needs no model weights; returns the built components. Raises UserError on the first problem.
     `evaluation_only`: the checks of `unlearning-eval`, which evaluates a model as it is."""
+    from unlearning.distributed import pick_device
     from unlearning.precision import device_kind, resolve_auto
-    from unlearning.run import pick_device
     from unlearning.train import TrainSettings
 
     pick_device(cfg.get("device", "auto"))  # an unknown device, or cuda without a GPU
