@@ -137,3 +137,15 @@ def test_chat_templates_compile_as_transformers_compiles_them():
                         "{% generation %}{{ m['content'] }}{% endgeneration %}{% endfor %}")
     with pytest.raises(UserError, match=r"model\.chat_template does not compile"):
         check_chat_template("{% for m in messages %}")
+
+
+def test_the_unknown_token_may_be_the_pad_token(local_copy):
+    """Llama-2's usual `pad_token: <unk>` is a real token even though it maps to unk_token_id."""
+    from transformers import AutoTokenizer
+
+    from unlearning.models import finish_tokenizer
+
+    tok = AutoTokenizer.from_pretrained(local_copy)
+    if tok.unk_token is None:
+        tok.add_special_tokens({"unk_token": "<unk>"})
+    assert finish_tokenizer(tok, pad_token=tok.unk_token).pad_token_id == tok.unk_token_id

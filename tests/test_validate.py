@@ -298,3 +298,15 @@ def test_fsdp_and_deepspeed_options_are_checked_by_building_accelerates_plugin(k
     with pytest.raises(UserError, match=message):
         check_plugin(key, given)
     check_plugin("fsdp", {"auto_wrap_policy": "TRANSFORMER_BASED_WRAP"})  # a good one builds
+
+
+def test_a_slurm_multigpu_sweep_validates_on_its_submitting_host(data_dir):
+    """The host that submits `hydra/launcher=slurm_multigpu` has one process and no GPU; the jobs' FSDP and process
+    count are checked again inside each job. The same FSDP run launched plainly is refused."""
+    from unlearning.__main__ import CONF_DIR
+    from unlearning.cli_checks import validate_jobs
+
+    args = ["-m", "hydra/launcher=slurm_multigpu", "distributed=fsdp", "distributed.processes=4", "method=npo,simnpo"]
+    assert validate_jobs(args, CONF_DIR) == 2
+    with pytest.raises(UserError, match=r"distributed\.strategy=fsdp needs a multi-process launch"):
+        validate_jobs(["distributed=fsdp"], CONF_DIR)

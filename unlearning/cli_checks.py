@@ -136,7 +136,7 @@ def _plain_overrides(args: list[str]) -> tuple[list[str], bool]:
 
 def check_output_dir(args: list[str], create: bool = True) -> None:
     """The run (or sweep) folder must be creatable; Hydra makes it before the job starts and would end in a traceback.
-    `create=False` (`--check`): only that its nearest existing folder is a writable folder."""
+    `create=False` (`--check`): tested without creating it (unlearning/folders.py)."""
     import os
 
     overrides, sweeping = _plain_overrides(args)
@@ -146,18 +146,13 @@ def check_output_dir(args: list[str], create: bool = True) -> None:
     if "${" in str(target):  # an interpolated folder (e.g. ${now:...}): its fixed part is what can fail
         target = Path(str(target).split("${", 1)[0]).parent
     if not create:
-        while not target.exists() and target != target.parent:
-            target = target.parent
-        if not target.is_dir():
-            raise UserError(f"cannot create the output folder under {target}: it is not a folder; choose another with "
-                            f"{key}=...")
-    try:
-        if create:
-            target.mkdir(parents=True, exist_ok=True)
-        else:  # a folder made and removed again: access() says yes to root even where mkdir fails (/proc)
-            import tempfile
+        from unlearning.folders import unwritable
 
-            os.rmdir(tempfile.mkdtemp(dir=target))
+        if (why := unwritable(target)) is not None:
+            raise UserError(f"cannot create the output folder {target}: {why}; choose another with {key}=...")
+        return
+    try:
+        target.mkdir(parents=True, exist_ok=True)
         if not os.access(target, os.W_OK | os.X_OK):
             raise PermissionError(13, "not writable")
     except OSError as e:

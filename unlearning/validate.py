@@ -304,23 +304,16 @@ def check_top_level(cfg: DictConfig) -> None:
 
 
 def check_cache_dir(cfg: DictConfig) -> None:
-    """The stage cache must be a folder this process can write (it holds every fine-tuned stage); checked on its
-    nearest existing folder, creating nothing (`--check` runs this too)."""
+    """The stage cache must be a folder this process can write (it holds every fine-tuned stage); nothing is created."""
     import os
-    import tempfile
     from pathlib import Path
 
+    from unlearning.folders import unwritable
+
     root = Path(cfg.get("cache_dir") or os.environ.get("UNLEARNING_CACHE") or Path.home() / ".cache" / "unlearning")
-    where = root.expanduser().absolute()
-    while not where.exists() and where != where.parent:
-        where = where.parent
-    try:
-        if not where.is_dir():
-            raise NotADirectoryError(20, "not a folder")
-        os.rmdir(tempfile.mkdtemp(dir=where))  # access() says yes to root even where mkdir fails (/proc)
-    except OSError as e:
-        raise UserError(f"cache_dir={str(root)!r} cannot be created or written ({e.strerror or e} at {where}); give a "
-                        "writable folder (cache_dir=... or UNLEARNING_CACHE)") from None
+    if (why := unwritable(root)) is not None:
+        raise UserError(f"cache_dir={str(root)!r} cannot be created or written ({why}); give a writable folder "
+                        "(cache_dir=... or UNLEARNING_CACHE)")
 
 
 def check_lengths(cfg: DictConfig, limit: int | None) -> None:
