@@ -300,6 +300,19 @@ def test_cli_bad_input_exits_2_with_one_line(tmp_path, muse_dir):
     assert r.stderr.strip().count("\n") == 0 and "MUSE-News folder not found" in r.stderr
 
 
+def test_relearn_counts_chunks_not_articles_and_refuses_before_fine_tuning(tmp_path, muse_dir):
+    """What relearn holds out are chunks, known only once the tokenizer cuts the 8 articles: the count is checked
+    then, before any stage is built (more chunks than articles, so the validation phase cannot refuse on articles)."""
+    r = _cli(TINY_RUN + [f"dataset.path={muse_dir}", f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}",
+                         "attack=[relearn]", "attacks.relearn.examples=500"], {}, timeout=300)
+    assert r.returncode == 2, r.stderr[-2000:]
+    line = r.stderr.strip().splitlines()[-1]  # above it only the tiny model's build progress bars
+    assert "Traceback" not in r.stderr and "attacks.relearn.examples=500 leaves nothing to evaluate" in line, line
+    chunks = int(line.split("the forget set has ")[1].split(" ")[0])
+    assert 8 < chunks < 500 and "(chunks)" in line
+    assert not (tmp_path / "cache" / "stages").exists()  # refused before the target was fine-tuned
+
+
 def test_muse_books_loads_the_same_layout_from_its_own_folder(tmp_path):
     """MUSE-Books is not on this machine: the test writes MUSE's layout under muse_books/ (as the hub's
     muse-bench/MUSE-Books has it) and loads it through the dataset config."""

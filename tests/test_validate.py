@@ -272,6 +272,15 @@ def test_out_of_range_options_are_refused_before_any_work(override, message, dat
         validate(compose(override.split()))
 
 
+def test_a_whole_float_for_an_int_option_reaches_the_constructor_as_an_int(data_dir):
+    """`dataset.people=2.0` is accepted as the whole number it is, and passed on as 2 (a float would reach
+    `range()` and list slices in the dataset and fail there)."""
+    cfg = compose(["dataset=synthetic_pii", "evaluator=pii", "dataset.people=2.0"])
+    parts = validate(cfg)
+    assert cfg.dataset.people == 2 and type(cfg.dataset.people) is int
+    assert len({ex.meta["person"] for ex in parts.data.forget}) == 2
+
+
 def test_check_refuses_an_output_folder_that_cannot_be_created_and_creates_none(tmp_path, data_dir):
     """`--check` runs nothing: it tries the folder's parent (a folder made and removed again), not the folder."""
     blocker = tmp_path / "a_file"

@@ -221,7 +221,11 @@ def for_tokenizer(cfg: DictConfig, ctx: RunContext, parts: Parts):
         return data
     tok = (load_folder(cfg.stage.target_path, **parts.spec.load_kwargs())[1] if cfg.stage.target_path
            else parts.spec.load(data.corpus)[1])
-    return data.for_tokenizer(tok, ctx.max_length)
+    data = data.for_tokenizer(tok, ctx.max_length)
+    for attack in parts.attacks.values():  # counts of chunks, which the validation phase could not know (relearn)
+        if hasattr(attack, "check"):
+            attack.check(parts.evaluator, data)
+    return data
 
 
 def build_stages(cfg: DictConfig, ctx: RunContext, parts: Parts) -> tuple[Path, Path | None, dict]:

@@ -234,6 +234,9 @@ def check_keys_and_types(group: str, node: DictConfig, choice: str | None = None
             what = {bool: "true or false", int: "a whole number"}.get(expected, "a number")
             raise UserError(f"{group}.{key}={value!r} must be {what} ({conf or f'conf/{group}/{name}.yaml'} or the "
                             f"override {group}.{key}=...)")
+        if expected is int and isinstance(value, float):  # `people=2.0`: the constructor gets the int it asks for
+            with open_dict(node):
+                node[key] = int(value)
 
 
 def _choice(node: DictConfig, group: str) -> str:

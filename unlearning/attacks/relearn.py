@@ -38,9 +38,12 @@ class Relearn:
         if not hasattr(evaluator, "without"):
             raise UserError(f"attack relearn needs an evaluator that can evaluate on the rest of the forget set; "
                             f"evaluator={evaluator.name} cannot yet (use it with tofu, pii or muse)")
-        if self.examples >= len(data.forget):
+        # raw MUSE articles: what is held out are chunks, counted again once they exist (run.for_tokenizer)
+        unchunked = getattr(data, "chunker", None) is not None and not data.extra.get("chunk_length")
+        if not unchunked and self.examples >= len(data.forget):
             raise UserError(f"attacks.relearn.examples={self.examples} leaves nothing to evaluate: the forget set "
-                            f"has {len(data.forget)} examples; hold out fewer")
+                            f"has {len(data.forget)} examples{' (chunks)' if data.extra.get('chunk_length') else ''}; "
+                            "hold out fewer")
         check_measure("relearn", self.measure, evaluator)
 
     def held_out(self, data) -> list:
