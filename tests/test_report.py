@@ -154,6 +154,36 @@ def test_seeds_are_grouped_with_mean_and_t_interval(tmp_path):
     assert "forget_quality:ci95" in (sweep / "report_seeds.csv").read_text().splitlines()[0]
 
 
+def test_plots_over_seeds_carry_the_t_interval_as_error_bars(tmp_path):
+    """The same hand-computed groups as above, in every plot: ga's forget_quality over seeds 0, 1, 2 is 0.2 ± 0.248414
+    at the method's point, its bar of forget_Q_A_Prob (the same values) and its curve at step 2; npo's two seeds
+    (0.5, 0.7) give 0.6 ± 1.270620; equal values give a zero-width interval."""
+    sweep = tmp_path / "sweep"
+    values = [("ga", 0, 0.1, 0.5), ("ga", 1, 0.2, 0.5), ("ga", 2, 0.3, 0.5), ("npo", 0, 0.5, 0.4), ("npo", 1, 0.7, 0.6)]
+    for job, (method, seed, fq, mu) in enumerate(values):
+        ov = [f"method={method}", f"seed={seed}"]
+        make_job(sweep, str(job), ov, {
+            "status": "ok", "overrides": ov, "method": method, "baselines": {},
+            "metrics": {"forget_quality": fq, "model_utility": mu, "forget_Q_A_Prob": fq,
+                        "forget_Q_A_Prob@relearn": 0.5, "forget_Q_A_Prob@relearn_recovery": 0.1},
+            "curve": [{"step": 2, "forget_quality": fq}, {"step": 4, "forget_quality": 0.4}]})
+    out = report(sweep)
+    by_method = out["param_plots"]["method"]["forget_quality"]
+    assert by_method["ga"] == [("ga", pytest.approx(0.2), pytest.approx(0.248414, abs=1e-6))]
+    assert by_method["npo"] == [("npo", pytest.approx(0.6), pytest.approx(1.270620, abs=1e-6))]
+    assert len(out["param_plots"]["seed"]["forget_quality"]["ga"]) == 3  # against the seed itself: one point each
+    bars = out["robustness"]["ga"]
+    assert bars["forget_Q_A_Prob"] == (pytest.approx(0.2), pytest.approx(0.248414, abs=1e-6))
+    assert bars["forget_Q_A_Prob@relearn"] == (pytest.approx(0.5), pytest.approx(0.0, abs=1e-12))
+    ga_curve, npo_curve = out["curves"]["forget_quality"]["ga"], out["curves"]["forget_quality"]["npo"]
+    assert [p[0] for p in ga_curve] == [2, 4]
+    assert ga_curve[0][1:] == (pytest.approx(0.2), pytest.approx(0.248414, abs=1e-6))
+    assert ga_curve[1][1:] == (pytest.approx(0.4), pytest.approx(0.0, abs=1e-12))
+    assert npo_curve[0][1:] == (pytest.approx(0.6), pytest.approx(1.270620, abs=1e-6))
+    for name in ("param_method", "robustness", "curves"):
+        assert mpimg.imread(sweep / "plots" / f"{name}.png").shape[0] > 100
+
+
 def test_curves_are_drawn_against_the_step_one_line_per_job(sweep):
     """Jobs 0 and 2 evaluated during training (hand-made curves); the others did not and draw no line."""
     for job, curve in {"0": [{"step": 2, "forget_quality": 0.05, "forget_Q_A_Prob": 0.9},

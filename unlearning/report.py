@@ -4,7 +4,8 @@ Reads every job folder's results.json (failed and missing jobs are listed, not d
 writes into the sweep folder: report.csv, report.md and plots/ (PNG): the forget-side metric
 against utility per job, coloured by method, with the Pareto front; for each swept
 hyperparameter, every metric against it; and, where jobs evaluated during training
-(`trainer.eval_every`), each curve metric against the step, one line per job (plots/curves.png).
+(`trainer.eval_every`), each curve metric against the step, one line per job (plots/curves.png; over seeds, one
+line per group with its 95% t interval as a band; the other plots carry error bars).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from unlearning.errors import UserError
 from unlearning.results import atomic_write
-from unlearning.sweep import collect, metric_names, parse_overrides, seed_groups, seeds_csv, swept_params, to_csv
+from unlearning.sweep import collect, mean_ci95, metric_names, parse_overrides, seed_groups, seeds_csv, swept_params, to_csv
 from unlearning.sweep import number as _num
 
 # (metric, higher is better). The first present one is the default axis.
@@ -141,8 +142,10 @@ def _finish(fig, axes, n: int, path: Path, legend_size: int) -> None:
     plt.close(fig)
 
 
-def plot_param(rows, param: str, metrics: list[str], path: Path, others: list[str] = ()) -> None:
-    """Every metric against one swept hyperparameter (log x when it spans a decade or more)."""
+def plot_param(rows, param: str, metrics: list[str], path: Path, others: list[str] = ()) -> dict:
+    """Every metric against one swept hyperparameter (log x when it spans a decade or more). Where `seed` is swept too
+    (and is not this parameter), the jobs at one value that differ only in seed are one point: their mean, with its
+    95% t interval as an error bar. Returns what was drawn: metric -> series -> [(value, mean, half-width or None)]."""
 
     ok = [r for r in rows if r["status"] == "ok"]
     raw = [parse_overrides(r["overrides"]).get(param, "(default)") for r in ok]
@@ -150,26 +153,38 @@ def plot_param(rows, param: str, metrics: list[str], path: Path, others: list[st
     numeric = all(v is not None for v in nums)
     cats = sorted(set(raw)) if not numeric else []
     xs = nums if numeric else [cats.index(v) for v in raw]
-    # Lines join only jobs that differ in this parameter alone (same method and other swept values).
+    over_seeds = param != "seed" and "seed" in others
+    others = [o for o in others if o != "seed"] if over_seeds else list(others)
+    # A series joins only jobs that differ in this parameter alone (same method and other swept values).
     series = [(str(r["method"]), tuple(parse_overrides(r["overrides"]).get(o) for o in others)) for r in ok]
     colours = _colours([str(r["method"]) for r in ok])
+    drawn: dict[str, dict[str, list]] = {}
     fig, axes = _panels(len(metrics))
     for ax, m in zip(axes.flat, metrics):
-        for meth, c in colours.items():
-            sel = [(x, _num(r["metrics"].get(m))) for x, r in zip(xs, ok) if str(r["method"]) == meth]
-            sel = [(x, y) for x, y in sel if y is not None]
-            ax.scatter([s[0] for s in sel], [s[1] for s in sel], color=c, label=meth, s=25)
-        for key in set(series) if numeric else ():
-            line = sorted((x, _num(r["metrics"].get(m))) for x, r, k in zip(xs, ok, series) if k == key)
-            line = [(x, y) for x, y in line if y is not None]
-            if len(line) > 1:
-                ax.plot([p[0] for p in line], [p[1] for p in line], color=colours[key[0]], lw=0.8, alpha=0.6)
+        points: dict[tuple, list[float]] = {}
+        for x, v, r, key in zip(xs, raw, ok, series):
+            y = _num(r["metrics"].get(m))
+            if y is not None:  # without seeds each job is its own point
+                points.setdefault((key, x, v) if over_seeds else (key, x, v, r["job"]), []).append(y)
+        labelled = set()
+        for key in sorted({k[0] for k in points}, key=str):
+            line = sorted(((k[1], k[2], *mean_ci95(ys)) for k, ys in points.items() if k[0] == key),
+                          key=lambda p: (p[0], p[2]))
+            drawn.setdefault(m, {})[" ".join([key[0]] + [f"{o}={w}" for o, w in zip(others, key[1])])] = \
+                [(p[1] if not numeric else p[0], p[2], p[3]) for p in line]
+            colour = colours[key[0]]
+            ax.errorbar([p[0] for p in line], [p[2] for p in line], yerr=[p[3] or 0 for p in line], fmt="o", ms=5,
+                        color=colour, capsize=3 if over_seeds else 0, label=None if key[0] in labelled else key[0])
+            labelled.add(key[0])
+            if numeric and len(line) > 1:
+                ax.plot([p[0] for p in line], [p[2] for p in line], color=colour, lw=0.8, alpha=0.6)
         if numeric and min(xs) > 0 and max(xs) / min(xs) >= 10:
             ax.set_xscale("log")
         if not numeric:
             ax.set_xticks(range(len(cats)), cats, rotation=30, fontsize=7)
-        _label(ax, m, param)
+        _label(ax, m + (" (mean over seeds, 95% t interval)" if over_seeds else ""), param)
     _finish(fig, axes, len(metrics), path, legend_size=7)
+    return drawn
 
 
 def read_curves(sweep_dir: Path, ok: list[dict]) -> dict[str, list[dict]]:
@@ -186,24 +201,42 @@ def read_curves(sweep_dir: Path, ok: list[dict]) -> dict[str, list[dict]]:
 
 
 def plot_curves(ok: list[dict], curves: dict[str, list[dict]], metrics: list[str], params: list[str],
-                path: Path) -> dict[str, dict[str, list[tuple[int, float]]]]:
+                path: Path) -> dict[str, dict[str, list[tuple]]]:
     """One panel per metric against the training step, one line per job (labelled by its method and swept values);
-    returns what was drawn: metric -> job -> [(step, value)]."""
-
-    labels = {r["job"]: " ".join([str(r["method"])] + [f"{p}={parse_overrides(r['overrides']).get(p)}" for p in params
-                                                        if p != "method"]) for r in ok}
+    where `seed` is swept, one line per group of jobs that differ only in seed: the mean at each step, with its 95% t
+    interval as a band. Returns what was drawn: metric -> job -> [(step, value)], or metric -> group ->
+    [(step, mean, half-width or None)] over seeds."""
+    over_seeds = "seed" in params
+    shown = [p for p in params if p != "method" and not (over_seeds and p == "seed")]
+    labels = {r["job"]: " ".join([str(r["method"])] + [f"{p}={parse_overrides(r['overrides']).get(p)}" for p in shown])
+              for r in ok}
     colours = _colours([str(r["method"]) for r in ok])
     method = {r["job"]: str(r["method"]) for r in ok}
-    drawn: dict[str, dict[str, list[tuple[int, float]]]] = {}
+    method_of = {labels[j]: method[j] for j in labels}  # a group's label -> its method (seeds swept)
+    drawn: dict[str, dict[str, list[tuple]]] = {}
     fig, axes = _panels(len(metrics))
     for ax, m in zip(axes.flat, metrics):
+        lines: dict[str, dict[int, list[float]]] = {}
         for job, curve in curves.items():
-            line = [(int(c["step"]), float(c[m])) for c in curve if _num(c.get(m)) is not None]
-            if line:
-                drawn.setdefault(m, {})[job] = line
-                ax.plot([x for x, _ in line], [y for _, y in line], marker="o", ms=3, lw=1,
-                        color=colours.get(method.get(job)), label=labels.get(job, job))
-        _label(ax, m, "step")
+            for c in curve:
+                if _num(c.get(m)) is not None:
+                    lines.setdefault(labels.get(job, job) if over_seeds else job, {}).setdefault(
+                        int(c["step"]), []).append(float(c[m]))
+        for name, by_step in lines.items():
+            colour = colours.get(method_of.get(name) if over_seeds else method.get(name))
+            steps = sorted(by_step)
+            if over_seeds:
+                line = [(x, *mean_ci95(by_step[x])) for x in steps]
+                drawn.setdefault(m, {})[name] = line
+                ax.plot(steps, [p[1] for p in line], marker="o", ms=3, lw=1, color=colour, label=name)
+                ax.fill_between(steps, [p[1] - (p[2] or 0) for p in line], [p[1] + (p[2] or 0) for p in line],
+                                color=colour, alpha=0.2, lw=0)
+            else:
+                line = [(x, by_step[x][0]) for x in steps]
+                drawn.setdefault(m, {})[name] = line
+                ax.plot(steps, [y for _, y in line], marker="o", ms=3, lw=1, color=colour,
+                        label=labels.get(name, name))
+        _label(ax, m + (" (mean over seeds, 95% t band)" if over_seeds else ""), "step")
     _finish(fig, axes, len(metrics), path, legend_size=6)
     return drawn
 
@@ -228,38 +261,41 @@ def attacked_metric(rows) -> tuple[str, list[str]] | None:
     return metric, [a for m, a in pairs if m == metric]
 
 
-def plot_robustness(rows, baselines: dict, path: Path) -> bool:
-    """Robustness (issue 12): a forget metric after unlearning and after each attack, per method (mean over jobs)."""
+def plot_robustness(rows, baselines: dict, path: Path) -> dict | None:
+    """Robustness (issue 12): a forget metric after unlearning and after each attack, per method: the mean over its
+    jobs, with the 95% t interval over them as an error bar (over seeds, when only the seed differs). Returns what
+    was drawn, method -> column -> (mean, half-width or None); None without attacks."""
     import matplotlib.pyplot as plt
 
     found = attacked_metric(rows)
     if not found:
-        return False
+        return None
     metric, attacks = found
     cols = [metric] + [f"{metric}@{a}" for a in attacks]
     methods = sorted({str(r["method"]) for r in rows})
     colours = _colours(methods)
     fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(cols), 4.2))
     width = 0.8 / max(len(methods), 1)
+    drawn: dict[str, dict[str, tuple]] = {}
     for i, m in enumerate(methods):
-        vals = []
         for c in cols:
             xs = [x for x in (_num(r["metrics"].get(c)) for r in rows if str(r["method"]) == m) if x is not None]
-            vals.append(sum(xs) / len(xs) if xs else float("nan"))
-        ax.bar([j + (i - (len(methods) - 1) / 2) * width for j in range(len(cols))], vals, width,
-               color=colours[m], label=m)
+            drawn.setdefault(m, {})[c] = mean_ci95(xs) if xs else (float("nan"), None)
+        vals = [drawn[m][c] for c in cols]
+        ax.bar([j + (i - (len(methods) - 1) / 2) * width for j in range(len(cols))], [v[0] for v in vals], width,
+               yerr=[v[1] or 0 for v in vals], capsize=3, color=colours[m], label=m)
     t = _num((baselines.get("target") or {}).get(metric))
     if t is not None:
         ax.axhline(t, ls="--", color="black", lw=1, label="target (before unlearning)")
     ax.set_xticks(range(len(cols)), ["unlearned"] + [f"@{a}" for a in attacks])
-    ax.set_ylabel(metric)
+    ax.set_ylabel(f"{metric} (mean over jobs, 95% t interval)")
     plain_ticks(ax, x=False)
     ax.set_title(f"Robustness: {metric} after unlearning and after each attack")
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=8)
     _save(fig, path)
     plt.close(fig)
-    return True
+    return drawn
 
 
 def plot_tradeoff_groups(groups, forget: tuple[str, bool], utility: tuple[str, bool], baselines: dict,
@@ -384,7 +420,7 @@ def report(sweep_dir: str | Path, forget: str | None = None, utility: str | None
         metrics = [f_axis[0], u_axis[0]] + [m for m in metrics if m not in (f_axis[0], u_axis[0])]
     baselines = _baselines(sweep_dir, ok)
     plots_dir = sweep_dir / "plots"
-    plots, front = [], []
+    plots, front, by_param, robustness = [], [], {}, None
     if ok and metrics:
         plots_dir.mkdir(exist_ok=True)
         if f_axis and u_axis:
@@ -392,8 +428,8 @@ def report(sweep_dir: str | Path, forget: str | None = None, utility: str | None
             front = plot_tradeoff(ok, f_axis, u_axis, baselines, plots[-1])
         for p in params:
             plots.append(plots_dir / f"param_{_safe(p)}.png")
-            plot_param(rows, p, metrics, plots[-1], [o for o in params if o not in (p, "method")])
-        if plot_robustness(ok, baselines, plots_dir / "robustness.png"):
+            by_param[p] = plot_param(rows, p, metrics, plots[-1], [o for o in params if o not in (p, "method")])
+        if (robustness := plot_robustness(ok, baselines, plots_dir / "robustness.png")) is not None:
             plots.append(plots_dir / "robustness.png")
     curves = read_curves(sweep_dir, ok)
     if curves:  # trainer.eval_every: each metric against the step, one line per job
@@ -416,7 +452,8 @@ def report(sweep_dir: str | Path, forget: str | None = None, utility: str | None
     atomic_write(sweep_dir / "report.md", markdown(sweep_dir, rows, params, metrics, axes, front, plots, baselines,
                                                    groups, group_front))
     return {"rows": rows, "params": params, "pareto": front, "plots": plots, "axes": axes, "groups": groups, "curves": drawn,
-            "group_pareto": group_front, "csv": sweep_dir / "report.csv", "md": sweep_dir / "report.md"}
+            "group_pareto": group_front, "param_plots": by_param,
+            "robustness": robustness, "csv": sweep_dir / "report.csv", "md": sweep_dir / "report.md"}
 
 
 def _baselines(sweep_dir: Path, ok: list[dict]) -> dict:

@@ -254,13 +254,23 @@ def swept_params(rows: list[dict]) -> list[str]:
     return sorted(keys)
 
 
+def mean_ci95(vals: list[float]) -> tuple[float, float | None]:
+    """The mean and the half-width of its 95% Student-t interval (n-1 degrees of freedom; None for one value)."""
+    from scipy import stats
+
+    n = len(vals)
+    mean = sum(vals) / n
+    if n < 2:
+        return mean, None
+    sd = math.sqrt(sum((v - mean) ** 2 for v in vals) / (n - 1))
+    return mean, float(stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n))
+
+
 def seed_groups(rows: list[dict], params: list[str], metrics: list[str]) -> list[dict]:
     """Ok jobs that differ only in `seed`, grouped: per metric the mean over seeds and the half-width of its 95%
     t interval (Student's t with n-1 degrees of freedom: t_0.975 * s / sqrt(n), s the sample standard deviation;
     None for a single seed). A t interval rather than a bootstrap: with the 3-5 seeds of a typical table a
     bootstrap of so few values understates the spread."""
-    from scipy import stats
-
     others = [p for p in params if p != "seed"]
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
@@ -274,13 +284,8 @@ def seed_groups(rows: list[dict], params: list[str], metrics: list[str]) -> list
             vals = [v for v in (number(r["metrics"].get(m)) for r in members) if v is not None]
             if not vals:
                 continue
-            n = len(vals)
-            mean = sum(vals) / n
-            half = None
-            if n > 1:
-                sd = math.sqrt(sum((v - mean) ** 2 for v in vals) / (n - 1))
-                half = float(stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n))
-            stats_by_metric[m] = {"mean": mean, "ci95": half, "n": n}
+            mean, half = mean_ci95(vals)
+            stats_by_metric[m] = {"mean": mean, "ci95": half, "n": len(vals)}
         label = " ".join(f"{p}={v}" for p, v in zip(["method"] + [p for p in others if p != "method"], key))
         out.append({"group": label, "method": key[0], "jobs": [r["job"] for r in members],
                     "seeds": sorted({parse_overrides(r["overrides"]).get("seed", "(default)") for r in members}),
