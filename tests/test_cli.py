@@ -100,3 +100,21 @@ def test_malformed_json_line(tmp_path):
     folder.mkdir()
     (folder / "forget01.json").write_text('{"question": "q", "answer": "a"}\n{not json}\n')
     one_line_error(cli(f"dataset.path={folder}", f"cache_dir={tmp_path}/c"), "forget01.json:2")
+
+
+def test_evaluation_during_training_lm_eval_and_pdu_bad_input_exit_2_with_one_line(tmp_path):
+    """An eval interval larger than the run, a selection metric the evaluator lacks, an lm-eval task that does not
+    exist, a PDU bound out of range: one line and exit 2 from the command line (the four run side by side)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    cases = [
+        (["trainer.eval_every=999"], ["trainer.eval_every=999 is larger than the run"]),
+        (["trainer.eval_every=1", "trainer.select=nope:max"], ["trainer.select=nope:max", "nope is not a metric"]),
+        (["lm_eval=local", "lm_eval.tasks=[no_such_task]"], ["'no_such_task' is not one lm-eval knows"]),
+        (["method=pdu", "method.retain_loss_eps=-0.1"], ["method.retain_loss_eps=-0.1 must be >= 0"]),
+    ]
+    with ThreadPoolExecutor(len(cases)) as pool:
+        runs = list(pool.map(lambda c: cli(*c[0], f"cache_dir={tmp_path / 'cache'}"), cases))
+    for (_, fragments), r in zip(cases, runs):
+        one_line_error(r, *fragments)
+    assert not (tmp_path / "cache" / "stages").exists()  # nothing was built

@@ -34,6 +34,56 @@ class Fixed(torch.nn.Module):
         return SimpleNamespace(logits=self.logits)
 
 
+class Lookup(torch.nn.Module):
+    """A 'model' whose logits at a position are a fixed row per input token (hand-computed losses over batches)."""
+
+    def __init__(self, rows):
+        super().__init__()
+        self.table = torch.tensor(rows)
+
+    def forward(self, input_ids=None, attention_mask=None):
+        return SimpleNamespace(logits=self.table[input_ids])
+
+
+# vocabulary 4: token 0 -> uniform logits; token 1 -> [1, 2, 3, 6]; token 2 -> [ln 3, 0, 0, 0], so p(0) = 3/6
+ROWS = [[0.0, 0.0, 0.0, 0.0], [1.0, 2.0, 3.0, 6.0], [math.log(3), 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]]
+
+
+def _batch(ids, labels, prefix=""):
+    return {prefix + "input_ids": torch.tensor(ids), prefix + "attention_mask": torch.ones(len(ids), len(ids[0])),
+            prefix + "labels": torch.tensor(labels)}
+
+
+def test_llmu_whole_loss_by_hand_with_its_three_weights():
+    # forget [2, 0] answering 0 after token 2: NLL ln2. Mismatch 0: [0, 1] answering 1 after uniform: ln4 = 2 ln2;
+    # mismatch 1 (longer, so the first is padded): [2, 0, 0], answers 0, 0 -> (ln2 + 2 ln2) / 2 = 1.5 ln2; their mean
+    # 1.75 ln2. Normal KL on retain [0, 0]: the model is uniform, the reference has p = [1/2, 1/6, 1/6, 1/6] at both
+    # positions: KL(ref || model) = 1/2 ln2 + 3/6 ln(2/3) = 1/2 ln(4/3) per position.
+    # loss = -0.5 ln2 + 1 * 1.75 ln2 + 1 * 1/2 ln(4/3)
+    import contextlib
+
+    method = LLMU(bad_weight=0.5, random_weight=1.0, normal_weight=1.0, mismatch_answers=2)
+    method.reference = lambda model: contextlib.nullcontext(Lookup([ROWS[2]] * 4))
+    forget = {**_batch([[2, 0]], [[IGNORE, 0]]), **_batch([[0, 1]], [[IGNORE, 1]], "mismatch0_"),
+              **_batch([[2, 0, 0]], [[IGNORE, 0, 0]], "mismatch1_")}
+    loss, logs = method.loss(Lookup(ROWS), {"forget": forget, "retain": _batch([[0, 0]], [[IGNORE, 0]])})
+    assert logs["forget_nll"] == pytest.approx(LN2, abs=1e-6)
+    assert logs["mismatch_nll"] == pytest.approx(1.75 * LN2, abs=1e-6)
+    assert logs["normal_kl"] == pytest.approx(0.5 * math.log(4 / 3), abs=1e-6)
+    assert loss.item() == pytest.approx(-0.5 * LN2 + 1.75 * LN2 + 0.5 * math.log(4 / 3), abs=1e-6)
+
+
+def test_pdu_whole_loss_by_hand_gamma_lambda_and_eps():
+    # forget [1, 1] labelled at position 1: that position's row [1, 2, 3, 6] -> (6 - 3)^2 = 9; retain [2, 0]
+    # answering 0 after token 2: NLL ln2. gamma 0.5, lambda = alpha = 2, eps 0.3: 0.5 * 9 + 2 * (ln2 - 0.3)
+    method = PDU(retain_loss_eps=0.3, gamma=0.5, alpha=2.0)
+    loss, logs = method.loss(Lookup(ROWS), {"forget": _batch([[1, 1]], [[IGNORE, 2]]),
+                                            "retain": _batch([[2, 0]], [[IGNORE, 0]])})
+    assert (logs["forget_flatten"], logs["dual_lambda"]) == (pytest.approx(9.0), 2.0)
+    assert logs["retain_nll"] == pytest.approx(LN2, abs=1e-6)
+    assert loss.item() == pytest.approx(0.5 * 9 + 2 * (LN2 - 0.3), abs=1e-6)
+
+
 def test_llmu_answer_loss_is_the_mean_of_per_sequence_means():
     # vocabulary 4. Sequence 0: two answer tokens, uniform logits -> NLL ln4 each, mean ln4 = 2 ln2.
     # Sequence 1: one answer token with p = 1/2 (logits [ln2+ln3... ]): logits [0, ln 3, 0, 0] -> p(token 1) = 3/6.

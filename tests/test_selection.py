@@ -66,6 +66,21 @@ def test_a_whole_run_keeps_the_selected_weights(run_tiny, tmp_path):
     assert sorted(r["step"] for r in logged if "eval/forget_Q_A_Prob" in r) == [1, 2, 3]
 
 
+def test_a_whole_run_stops_at_the_rule_against_the_retain_reference(run_tiny, tmp_path):
+    """The tiny target was fine-tuned on the forget answers, so after one GA step its forget_Q_A_Prob is still above
+    the retain reference's: `above:reference` stops at the first evaluation, and the final evaluation uses those
+    weights (likelihood metrics equal the curve's)."""
+    rec = run_tiny("trainer.max_steps=3", "trainer.eval_every=1", "trainer.eval.generate=false",
+                   "trainer.stop=forget_Q_A_Prob:above:reference", "save_model=false", out=tmp_path / "stop")
+    reference = rec["baselines"]["reference"]["forget_Q_A_Prob"]
+    assert [c["step"] for c in rec["curve"]] == [1]
+    assert rec["stopped"]["step"] == 1 and rec["stopped"]["threshold"] == pytest.approx(reference)
+    assert rec["stopped"]["value"] == rec["curve"][0]["forget_Q_A_Prob"] > reference
+    assert rec["metrics"]["forget_Q_A_Prob"] == rec["stopped"]["value"]
+    logged = [json.loads(line) for line in (tmp_path / "stop" / "train_log.jsonl").read_text().splitlines()]
+    assert max(r["step"] for r in logged) == 1  # no step after the rule fired
+
+
 @pytest.mark.parametrize("overrides, message", [
     (["trainer.eval_every=999"], r"trainer\.eval_every=999 is larger than the run"),
     (["trainer.select=forget_Q_A_Prob:min"], r"needs trainer\.eval_every=N"),
