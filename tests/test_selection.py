@@ -51,6 +51,29 @@ def test_the_selected_step_is_the_one_the_curve_says_and_its_weights_come_back()
     assert (sel["step"], sel["value"], sel["direction"]) == (4, 0.2, "min") and "3 evaluations" in sel["why"]
 
 
+def test_evaluations_every_n_steps_and_at_each_epochs_end():
+    # 3 steps per epoch, 8 steps in all (a cap mid-epoch 3): every 2 -> 2, 4, 6, 8; epochs' ends 3, 6; the last, 8
+    settings = TrainSettings(eval_every=2, eval_each_epoch=True)
+    tracker = EvalDuringTraining(Scripted([0.5] * 6), settings, None, None, None, None, steps_per_epoch=3)
+    for step in range(1, 9):
+        tracker(step, 8, None)
+    assert [c["step"] for c in tracker.curve] == [2, 3, 4, 6, 8]
+    only_epochs = EvalDuringTraining(Scripted([0.5] * 3), TrainSettings(eval_each_epoch=True), None, None, None,
+                                     None, steps_per_epoch=3)
+    for step in range(1, 9):
+        only_epochs(step, 8, None)
+    assert [c["step"] for c in only_epochs.curve] == [3, 6, 8]
+
+
+def test_a_whole_run_evaluates_at_each_epochs_end(run_tiny, tmp_path):
+    """40 forget01 questions in batches of 20: 2 steps per epoch, 2 epochs -> evaluations after steps 2 and 4."""
+    rec = run_tiny("trainer.batch_size=20", "trainer.epochs=2", "trainer.max_steps=-1", "trainer.eval_each_epoch=true",
+                   "trainer.eval.generate=false", "trainer.select=forget_Q_A_Prob:min", "save_model=false",
+                   out=tmp_path / "epochs")
+    assert [c["step"] for c in rec["curve"]] == [2, 4]
+    assert rec["selection"]["step"] in (2, 4)
+
+
 def test_a_whole_run_keeps_the_selected_weights(run_tiny, tmp_path):
     """GA lowers forget_Q_A_Prob step by step, so `:max` keeps an early step: the final evaluation (same items,
     likelihood metrics identical with or without generation) must equal the curve at that step."""
@@ -83,7 +106,7 @@ def test_a_whole_run_stops_at_the_rule_against_the_retain_reference(run_tiny, tm
 
 @pytest.mark.parametrize("overrides, message", [
     (["trainer.eval_every=999"], r"trainer\.eval_every=999 is larger than the run"),
-    (["trainer.select=forget_Q_A_Prob:min"], r"needs trainer\.eval_every=N"),
+    (["trainer.select=forget_Q_A_Prob:min"], r"needs trainer\.eval_every=N or trainer\.eval_each_epoch=true"),
     (["trainer.eval_every=1", "trainer.select=nope:max"], r"trainer\.select=nope:max: nope is not a metric"),
     (["trainer.eval_every=1", "trainer.select=forget_Q_A_Prob"], r"must be METRIC:max or METRIC:min"),
     (["trainer.eval_every=1", "+trainer.eval.bogus=1"], r"trainer\.eval\.bogus: evaluator=tofu has no option"),

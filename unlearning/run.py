@@ -273,10 +273,12 @@ def load_model_to_unlearn(cfg: DictConfig, ctx: RunContext, parts: Parts, target
 def unlearn(ctx: RunContext, parts: Parts, model, tok, target: Path, ref_result: dict | None = None):
     data, method = parts.data, parts.method
     tracker = None
-    if parts.unlearn.eval_every:  # evaluation during training, and the checkpoint it selects (selection.py)
+    if parts.unlearn.evaluates_during():  # evaluation during training, and the checkpoint it selects (selection.py)
         from unlearning.selection import EvalDuringTraining
+        from unlearning.train import steps_per_epoch
 
-        tracker = EvalDuringTraining(parts.evaluator, parts.unlearn, tok, data, ctx, ref_result, ctx.logger)
+        tracker = EvalDuringTraining(parts.evaluator, parts.unlearn, tok, data, ctx, ref_result, ctx.logger,
+                                     steps_per_epoch(parts.unlearn, len(data.forget), world_size()))
     forget = [{**encode(tok, ex, ctx.max_length), "example": ex} for ex in data.forget]
     retain = [{**encode(tok, ex, ctx.max_length), "example": ex} for ex in data.retain] if data.retain else None
     t = time.perf_counter()

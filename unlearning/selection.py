@@ -1,13 +1,13 @@
 """Evaluation during unlearning and checkpoint selection (`trainer.eval_every`, `trainer.eval`, `trainer.select`).
 
-Every `eval_every` optimiser steps (and after the last) the run's evaluator, with the `trainer.eval` options
-applied to a copy of it (e.g. `{max_items: 20, generate: false}`), evaluates the model being trained; each
-metric goes to the logger as `eval/<metric>` at that step (train_log.jsonl, W&B) and into `results.json`'s
-`curve`. With `select: METRIC:max|min` the weights of the best evaluation seen are kept (the trainable parameters
-only: the LoRA adapters under LoRA) and put back when training ends, so the final evaluation, the attacks and the
-saved model use them; `results.json`'s `selection` records the step, the value and why. Under DDP every process
-calls this (the evaluation is split between them and every process gets the same numbers, so the same choice).
-"""
+Every `eval_every` optimiser steps and/or at each epoch's end (`eval_each_epoch`), and after the last, the run's
+evaluator, with the `trainer.eval` options applied to a copy of it (e.g. `{max_items: 20, generate: false}`),
+evaluates the model being trained; each metric goes to the logger as `eval/<metric>` at that step (train_log.jsonl,
+W&B) and into `results.json`'s `curve`. With `select: METRIC:max|min` the weights of the best evaluation seen are
+kept (the trainable parameters only: the LoRA adapters under LoRA) and put back when training ends, so the final
+evaluation, the attacks and the saved model use them; `results.json`'s `selection` records the step, the value and
+why. Under DDP every process calls this (the evaluation is split between them and every process gets the same
+numbers, so the same choice)."""
 
 from __future__ import annotations
 
@@ -76,9 +76,10 @@ def best_index(values: list[float | None], higher: bool) -> int | None:
 class EvalDuringTraining:
     """The `on_step` callback of `train`: evaluates, logs, keeps the best weights."""
 
-    def __init__(self, evaluator, settings, tok, data, ctx, reference, logger=None):
+    def __init__(self, evaluator, settings, tok, data, ctx, reference, logger=None, steps_per_epoch: int = 0):
         self.evaluator = subset(evaluator, settings.eval)
         self.every, self.select = settings.eval_every, parse_select(settings.select)
+        self.per_epoch = steps_per_epoch if getattr(settings, "eval_each_epoch", False) else 0
         self.stop = parse_stop(settings.stop) if getattr(settings, "stop", None) else None
         self.stopped: dict | None = None
         self.tok, self.data, self.ctx, self.reference, self.logger = tok, data, ctx, reference, logger
@@ -86,7 +87,8 @@ class EvalDuringTraining:
         self.best_state: dict | None = None
 
     def __call__(self, step: int, total: int, model) -> bool | None:
-        if step % self.every and step != total:
+        due = [n for n in (self.every, self.per_epoch) if n]  # every N steps and/or at each epoch's end
+        if step != total and all(step % n for n in due):
             return
         aggregates = self.evaluator.evaluate(model, self.tok, self.data, self.ctx, reference=self.reference)["aggregates"]
         numbers = {k: v for k, v in aggregates.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}

@@ -61,9 +61,13 @@ class TrainSettings:
     compile: bool = False                # torch.compile the model's forward
     lora: LoraSettings = field(default_factory=LoraSettings)
     eval_every: int = 0                  # evaluate every N optimiser steps during unlearning (0 = never)
+    eval_each_epoch: bool = False        # and/or at the end of each epoch
     eval: dict = field(default_factory=dict)  # evaluator options for those evaluations (e.g. max_items, generate)
     select: str | None = None            # "metric:max|min": keep the weights of the best evaluation seen
     stop: str | None = None              # "metric:below|above:value|reference": end training once an evaluation crosses it
+
+    def evaluates_during(self) -> bool:
+        return self.eval_every > 0 or self.eval_each_epoch
 
     @classmethod
     def from_cfg(cls, cfg, where: str = "trainer") -> "TrainSettings":
@@ -105,16 +109,16 @@ class TrainSettings:
             if not metric or direction not in ("max", "min"):
                 raise UserError(f"{where}.select={s.select!r} must be METRIC:max or METRIC:min "
                                 "(e.g. forget_Q_A_Prob:min)")
-            if s.eval_every < 1:
-                raise UserError(f"{where}.select={s.select} needs {where}.eval_every=N: it picks among the evaluations "
-                                "made during training")
+            if not s.evaluates_during():
+                raise UserError(f"{where}.select={s.select} needs {where}.eval_every=N or {where}.eval_each_epoch=true: "
+                                "it picks among the evaluations made during training")
         if s.stop is not None:
             from unlearning.selection import parse_stop
 
             parse_stop(s.stop, where)
-            if s.eval_every < 1:
-                raise UserError(f"{where}.stop={s.stop} needs {where}.eval_every=N: it reads the evaluations made during "
-                                "training")
+            if not s.evaluates_during():
+                raise UserError(f"{where}.stop={s.stop} needs {where}.eval_every=N or {where}.eval_each_epoch=true: it "
+                                "reads the evaluations made during training")
         check_scheduler(s.scheduler, s.scheduler_kwargs, where)
         if s.lora.r < 1 or not s.lora.alpha > 0 or not 0 <= s.lora.dropout < 1:
             raise UserError(f"{where}.lora: r={s.lora.r} must be >= 1, alpha={s.lora.alpha} > 0 and "
@@ -296,10 +300,14 @@ def train(model, method, forget: list[dict], retain: list[dict] | None, settings
     return finish(acc, wrapped, distributed, settings, rebuild)
 
 
+def steps_per_epoch(settings: TrainSettings, n_forget: int, processes: int = 1) -> int:
+    """Optimiser steps in one pass over the forget set with the global batch."""
+    return math.ceil(n_forget / (settings.batch_size * processes) / settings.grad_accum)
+
+
 def total_steps(settings: TrainSettings, n_forget: int, processes: int = 1) -> int:
     """Optimiser steps of a run: forget-anchored epochs of the global batch, capped by max_steps."""
-    steps_per_epoch = math.ceil(n_forget / (settings.batch_size * processes) / settings.grad_accum)
-    total = math.ceil(settings.epochs * steps_per_epoch)
+    total = math.ceil(settings.epochs * steps_per_epoch(settings, n_forget, processes))
     if settings.max_steps > 0:
         total = min(total, settings.max_steps) if settings.epochs > 0 else settings.max_steps
     return max(total, 1)

@@ -103,14 +103,14 @@ def with_lm_eval(cfg: DictConfig, evaluator):
 
 def check_eval_during_training(cfg: DictConfig, unlearn, evaluator, data) -> None:
     """trainer.eval_every / eval / select: an interval the run reaches, options and a metric the evaluator has."""
-    if not unlearn.eval_every:
+    if not unlearn.evaluates_during():
         return
     from unlearning.distributed import world_size
     from unlearning.selection import parse_select, parse_stop, subset
     from unlearning.train import total_steps
 
     total = total_steps(unlearn, len(data.forget), world_size())
-    if unlearn.eval_every > total:
+    if unlearn.eval_every and unlearn.eval_every > total:
         raise UserError(f"trainer.eval_every={unlearn.eval_every} is larger than the run ({total} optimiser steps); "
                         f"use 1..{total} (the last step is always evaluated)")
     chosen, during = parse_select(unlearn.select), subset(evaluator, unlearn.eval)  # subset: unknown options refused
