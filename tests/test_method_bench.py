@@ -45,3 +45,14 @@ def test_step_clock_and_args():
     assert len(clock.times) == 2 and clock.times[1] >= clock.times[0]
     args = parse_args(["--methods", "ga,npo", "--no-bf16", "--steps", "2"])
     assert args.methods == "ga,npo" and args.bf16 is False and args.steps == 2
+
+
+def test_every_default_row_builds_and_openunlearnings_other_methods_are_rows():
+    """`unlearning-bench methods` with no --methods times these; each spec builds its method from conf/method."""
+    from unlearning.bench.methods import DEFAULT
+
+    specs = DEFAULT.split(",")
+    assert {"wga", "satimp", "ceu", "undial", "llmu", "pdu"} <= {s.split(":")[0] for s in specs}
+    for spec in specs:
+        name = spec.split(":")[0].removesuffix("_live_ref")
+        assert build_method(spec).name.replace("_", "") == name.replace("_", ""), spec

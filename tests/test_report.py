@@ -129,27 +129,33 @@ def test_plot_ticks_stay_plain_numbers_when_jobs_barely_differ():
 
 
 def test_seeds_are_grouped_with_mean_and_t_interval(tmp_path):
-    """ga at lr 1e-5 over seeds 0, 1, 2 (forget_quality 0.1, 0.2, 0.3) and npo over seeds 0, 1 (0.5, 0.7).
+    """ga at lr 1e-5 over seeds 0, 1, 2 (forget_quality 0.1, 0.2, 0.3), npo at lr 1e-5 over seeds 0, 1 (0.5, 0.7), and
+    ga at lr 1e-4 on seed 0 alone (0.9): lr is another swept axis, so that job is a group of its own.
     ga: mean 0.2, s = 0.1, t_0.975 with 2 d.f. = 4.302653, half-width 4.302653 * 0.1 / sqrt(3) = 0.248414;
-    npo: mean 0.6, s = 0.141421, t_0.975 with 1 d.f. = 12.706205, half-width 12.706205 * 0.141421 / sqrt(2) = 1.270620."""
+    npo: mean 0.6, s = 0.141421, t_0.975 with 1 d.f. = 12.706205, half-width 12.706205 * 0.141421 / sqrt(2) = 1.270620;
+    one seed: no interval."""
     sweep = tmp_path / "sweep"
-    values = [("ga", 0, 0.1, 0.5), ("ga", 1, 0.2, 0.5), ("ga", 2, 0.3, 0.5), ("npo", 0, 0.5, 0.4), ("npo", 1, 0.7, 0.6)]
-    for job, (method, seed, fq, mu) in enumerate(values):
-        ov = [f"method={method}", f"seed={seed}"]
+    values = [("ga", 0, 0.1, 0.5, "1e-5"), ("ga", 1, 0.2, 0.5, "1e-5"), ("ga", 2, 0.3, 0.5, "1e-5"),
+              ("npo", 0, 0.5, 0.4, "1e-5"), ("npo", 1, 0.7, 0.6, "1e-5"), ("ga", 0, 0.9, 0.1, "1e-4")]
+    for job, (method, seed, fq, mu, lr) in enumerate(values):
+        ov = [f"method={method}", f"seed={seed}", f"trainer.lr={lr}"]
         make_job(sweep, str(job), ov, {"status": "ok", "overrides": ov, "method": method, "metrics":
                                        {"forget_quality": fq, "model_utility": mu}, "baselines": {}})
     out = report(sweep)
     groups = {g["group"]: g for g in out["groups"]}
-    assert sorted(groups) == ["method=ga", "method=npo"]
-    ga, npo = groups["method=ga"]["metrics"]["forget_quality"], groups["method=npo"]["metrics"]["forget_quality"]
-    assert (ga["n"], npo["n"]) == (3, 2) and groups["method=ga"]["seeds"] == ["0", "1", "2"]
+    assert sorted(groups) == ["method=ga trainer.lr=1e-4", "method=ga trainer.lr=1e-5", "method=npo trainer.lr=1e-5"]
+    ga = groups["method=ga trainer.lr=1e-5"]["metrics"]["forget_quality"]
+    npo = groups["method=npo trainer.lr=1e-5"]["metrics"]["forget_quality"]
+    alone = groups["method=ga trainer.lr=1e-4"]["metrics"]["forget_quality"]
+    assert (ga["n"], npo["n"]) == (3, 2) and groups["method=ga trainer.lr=1e-5"]["seeds"] == ["0", "1", "2"]
     assert ga["mean"] == pytest.approx(0.2) and ga["ci95"] == pytest.approx(0.248414, abs=1e-6)
     assert npo["mean"] == pytest.approx(0.6) and npo["ci95"] == pytest.approx(1.270620, abs=1e-6)
-    assert groups["method=ga"]["metrics"]["model_utility"]["ci95"] == pytest.approx(0.0)
-    # Pareto on the means: npo (0.6, 0.5) dominates ga (0.2, 0.5)
-    assert out["group_pareto"] == ["method=npo"]
+    assert (alone["n"], alone["mean"], alone["ci95"]) == (1, 0.9, None)
+    assert groups["method=ga trainer.lr=1e-5"]["metrics"]["model_utility"]["ci95"] == pytest.approx(0.0)
+    # Pareto on the means: npo (0.6, 0.5) dominates ga at 1e-5 (0.2, 0.5); ga at 1e-4 (0.9, 0.1) is not dominated
+    assert sorted(out["group_pareto"]) == ["method=ga trainer.lr=1e-4", "method=npo trainer.lr=1e-5"]
     md = out["md"].read_text()
-    assert "## Grouped over seeds" in md and "| method=ga | 0, 1, 2 | 3 | 0.2 ± 0.25 |" in md
+    assert "## Grouped over seeds" in md and "| method=ga trainer.lr=1e-5 | 0, 1, 2 | 3 | 0.2 ± 0.25 |" in md
     assert (sweep / "plots" / "tradeoff_seeds.png").is_file() and (sweep / "report_seeds.csv").is_file()
     assert "forget_quality:ci95" in (sweep / "report_seeds.csv").read_text().splitlines()[0]
 
