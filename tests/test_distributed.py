@@ -23,8 +23,10 @@ from conftest import ROOT, compose
 BASE = ["model=tiny", "dataset=tofu", "dataset.retain_authors=2", "evaluator.max_items=6",
         "evaluator.max_new_tokens=16", "model.finetune.epochs=2", "trainer.max_steps=3", "trainer.lr=1e-3",
         "method=npo", "method.retain_weight=0", "attack=[quant8,paraphrase]"]
-# evaluation during training (likelihood metrics only) after steps 2 and 3: its curve is compared too
-EVAL = ["trainer.eval_every=2", "trainer.eval.generate=false"]
+# evaluation during training (likelihood metrics only) after steps 2 and 3: its curve is compared too. NPO lowers
+# forget_Q_A_Prob, so `:max` selects step 2: the final evaluation runs on weights put back after training (under DDP
+# rank 0 alone keeps that copy and sends it to the others; a process that missed it would score its share wrong)
+EVAL = ["trainer.eval_every=2", "trainer.eval.generate=false", "trainer.select=forget_Q_A_Prob:max"]
 
 
 def cli(*args: str, env: dict | None = None, launcher: list[str] | None = None, timeout: int = 300):
@@ -73,6 +75,7 @@ def test_two_processes_equal_one_with_the_same_global_batch(single, tmp_path):
     assert [c["step"] for c in record["curve"]] == [c["step"] for c in ref["curve"]] == [2, 3]
     for two, one in zip(record["curve"], ref["curve"]):  # the curve, split between the processes, is one process's
         assert two == pytest.approx(one, abs=1e-5)
+    assert record["selection"]["step"] == ref["selection"]["step"] == 2  # weights put back, not the last ones
     # evaluation split between the processes, attacks included: one process's numbers
     assert {"forget_Q_A_Prob@quant8", "forget_Q_A_Prob@paraphrase"} <= set(numbers(record))
     assert numbers(record) == pytest.approx(numbers(ref), abs=1e-5)

@@ -278,7 +278,8 @@ def unlearn(ctx: RunContext, parts: Parts, model, tok, target: Path, ref_result:
         from unlearning.train import steps_per_epoch
 
         tracker = EvalDuringTraining(parts.evaluator, parts.unlearn, tok, data, ctx, ref_result, ctx.logger,
-                                     steps_per_epoch(parts.unlearn, len(data.forget), world_size()))
+                                     steps_per_epoch(parts.unlearn, len(data.forget), world_size()),
+                                     replicated=world_size() > 1 and not parts.distributed.sharded)
     forget = [{**encode(tok, ex, ctx.max_length), "example": ex} for ex in data.forget]
     retain = [{**encode(tok, ex, ctx.max_length), "example": ex} for ex in data.retain] if data.retain else None
     t = time.perf_counter()

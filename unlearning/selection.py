@@ -76,7 +76,8 @@ def best_index(values: list[float | None], higher: bool) -> int | None:
 class EvalDuringTraining:
     """The `on_step` callback of `train`: evaluates, logs, keeps the best weights."""
 
-    def __init__(self, evaluator, settings, tok, data, ctx, reference, logger=None, steps_per_epoch: int = 0):
+    def __init__(self, evaluator, settings, tok, data, ctx, reference, logger=None, steps_per_epoch: int = 0,
+                 replicated: bool = False):
         self.evaluator = subset(evaluator, settings.eval)
         self.every, self.select = settings.eval_every, parse_select(settings.select)
         self.per_epoch = steps_per_epoch if getattr(settings, "eval_each_epoch", False) else 0
@@ -85,6 +86,15 @@ class EvalDuringTraining:
         self.tok, self.data, self.ctx, self.reference, self.logger = tok, data, ctx, reference, logger
         self.curve: list[dict] = []
         self.best_state: dict | None = None
+        self.best_step: int | None = None
+        # DDP: every process holds the same weights, so only rank 0 keeps the best copy and sends it at the end
+        # (one CPU copy of the trainable weights instead of one per process)
+        self.replicated = replicated
+
+    def _keeps_copy(self) -> bool:
+        from unlearning.distributed import is_main
+
+        return not self.replicated or is_main()
 
     def __call__(self, step: int, total: int, model) -> bool | None:
         due = [n for n in (self.every, self.per_epoch) if n]  # every N steps and/or at each epoch's end
@@ -102,7 +112,7 @@ class EvalDuringTraining:
                                 f"(it gave {', '.join(sorted(numbers))}); pick one of those")
             if best_index([c.get(metric) for c in self.curve], higher) == len(self.curve) - 1:
                 self.best_step = step
-                if model is not None:  # FSDP / ZeRO-3: rank 0 holds the gathered weights, the others None
+                if model is not None and self._keeps_copy():  # FSDP / ZeRO-3: the others get None
                     self.best_state = {k: p.detach().cpu().clone() for k, p in model.named_parameters() if p.requires_grad}
         return self.should_stop(step, numbers)
 
@@ -125,21 +135,27 @@ class EvalDuringTraining:
 
     def state_dict(self) -> dict:
         """The curve and the best weights so far: a checkpoint carries them, so a resumed run keeps both."""
-        return {"curve": self.curve, "best_state": self.best_state, "best_step": getattr(self, "best_step", None)}
+        return {"curve": self.curve, "best_state": self.best_state, "best_step": self.best_step}
 
     def load_state_dict(self, state: dict) -> None:
         self.curve = list(state.get("curve") or [])
-        self.best_state = state.get("best_state")
+        self.best_state = state.get("best_state") if self._keeps_copy() else None
         if state.get("best_step") is not None:
             self.best_step = state["best_step"]
 
     def restore(self, model) -> None:
         """The selected weights back into the trained model (a no-op when the last evaluation was the best)."""
-        if self.best_state is None or model is None:
+        if model is None or self.select is None or self.best_step is None:
             return
         params = dict(model.named_parameters())
-        for name, value in self.best_state.items():
-            params[name].data.copy_(value.to(params[name].device))
+        if self.best_state is not None:
+            for name, value in self.best_state.items():
+                params[name].data.copy_(value.to(params[name].device))
+        if self.replicated:  # rank 0's copy to the others, parameter by parameter in one order
+            import torch.distributed as dist
+
+            for name in sorted(n for n, p in params.items() if p.requires_grad):
+                dist.broadcast(params[name].data, src=0)
         log.info("selection: the weights of step %d are kept", self.best_step)
 
     def record(self) -> dict:
