@@ -267,7 +267,8 @@ def test_stage_builds_are_not_keyed_by_how_they_train(monkeypatch):
     from unlearning.train import TrainSettings
 
     a = stage_key("target", {}, [], [], TrainSettings(), 64)
-    b = stage_key("target", {}, [], [], TrainSettings(save_every=5, gradient_checkpointing=True), 64)
+    b = stage_key("target", {}, [], [], TrainSettings(save_every=5, gradient_checkpointing=True, eval_each_epoch=True),
+                  64)
     c = stage_key("target", {}, [], [], TrainSettings(lr=2e-5), 64)
     assert a == b and a != c
     monkeypatch.setenv("WORLD_SIZE", "2")  # per-process batches: two processes fine-tune another stage

@@ -37,7 +37,9 @@ def stage_key(kind: str, model_fingerprint: dict, corpus: list[str], examples: l
             "n_examples": len(examples), "finetune": finetune, "max_length": max_length, "processes": world_size()}
 
 
-NOT_IN_KEY = ("save_every", "log_every", "compile", "gradient_checkpointing")  # how it trains, not what it learns
+# How it trains, not what it learns. A stage never evaluates during training: `eval_each_epoch` (added after stages
+# had been cached) stays out so those caches keep their keys; the older eval_* fields are in every key at defaults.
+NOT_IN_KEY = ("save_every", "log_every", "compile", "gradient_checkpointing", "eval_each_epoch")
 
 
 def key_hash(key: dict) -> str:
