@@ -74,10 +74,11 @@ def test_llmu_whole_loss_by_hand_with_its_three_weights():
 
 
 def test_pdu_whole_loss_by_hand_gamma_lambda_and_eps():
-    # forget [1, 1] labelled at position 1: that position's row [1, 2, 3, 6] -> (6 - 3)^2 = 9; retain [2, 0]
-    # answering 0 after token 2: NLL ln2. gamma 0.5, lambda = alpha = 2, eps 0.3: 0.5 * 9 + 2 * (ln2 - 0.3)
+    # forget [2, 1] labelled at position 1: that position's row [1, 2, 3, 6] -> (6 - 3)^2 = 9 (a shifted mask would
+    # take position 0's row [ln3, 0, 0, 0]: (0.75 ln3)^2 = 0.68); retain [2, 0] answering 0 after token 2: NLL ln2.
+    # gamma 0.5, lambda = alpha = 2, eps 0.3: 0.5 * 9 + 2 * (ln2 - 0.3)
     method = PDU(retain_loss_eps=0.3, gamma=0.5, alpha=2.0)
-    loss, logs = method.loss(Lookup(ROWS), {"forget": _batch([[1, 1]], [[IGNORE, 2]]),
+    loss, logs = method.loss(Lookup(ROWS), {"forget": _batch([[2, 1]], [[IGNORE, 2]]),
                                             "retain": _batch([[2, 0]], [[IGNORE, 0]])})
     assert (logs["forget_flatten"], logs["dual_lambda"]) == (pytest.approx(9.0), 2.0)
     assert logs["retain_nll"] == pytest.approx(LN2, abs=1e-6)
@@ -132,8 +133,8 @@ def test_llmu_mismatch_term_is_one_forward_equal_to_each_sequence_scored_alone(t
             logp = torch.log_softmax(logits[:-1], -1)
             answer = [(t - 1, lab) for t, lab in enumerate(labels) if t > 0 and lab != IGNORE]
             per_sequence.append(-sum(logp[pos, lab].item() for pos, lab in answer) / len(answer))
-    lengths = {len(item[f"mismatch{k}_input_ids"]) for item in forget for k in range(3)}
-    assert len(lengths) > 1  # the groups really are padded to different widths
+    widths = {max(len(item[f"mismatch{k}_input_ids"]) for item in forget) for k in range(3)}
+    assert len(widths) > 1  # the K groups really are padded to different widths before they are stacked
     assert logs["mismatch_nll"] == pytest.approx(sum(per_sequence) / len(per_sequence), abs=1e-4)
 
 

@@ -186,6 +186,14 @@ def test_plots_over_seeds_carry_the_t_interval_as_error_bars(tmp_path):
     assert ga_curve[0][1:] == (pytest.approx(0.2), pytest.approx(0.248414, abs=1e-6))
     assert ga_curve[1][1:] == (pytest.approx(0.4), pytest.approx(0.0, abs=1e-12))
     assert npo_curve[0][1:] == (pytest.approx(0.6), pytest.approx(1.270620, abs=1e-6))
+    # with lr swept as well, a method's jobs are not seeds of one setting: its bar is their mean, with no interval
+    from unlearning.report import plot_robustness
+
+    rows = [{"method": "ga", "overrides": ["method=ga", f"trainer.lr={lr}", "seed=0"], "status": "ok",
+             "metrics": {"forget_Q_A_Prob": v, "forget_Q_A_Prob@relearn_recovery": 0.1}} for lr, v in (("1e-5", 0.2),
+                                                                                                     ("1e-4", 0.4))]
+    mixed = plot_robustness(rows, {}, tmp_path / "mixed.png", ["method", "trainer.lr", "seed"])
+    assert mixed["ga"]["forget_Q_A_Prob"] == (pytest.approx(0.3), None)
     for name in ("param_method", "robustness", "curves"):
         assert mpimg.imread(sweep / "plots" / f"{name}.png").shape[0] > 100
 

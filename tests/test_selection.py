@@ -65,6 +65,15 @@ def test_evaluations_every_n_steps_and_at_each_epochs_end():
     assert [c["step"] for c in only_epochs.curve] == [3, 6, 8]
 
 
+def test_checkpoints_from_before_eval_each_epoch_still_resume(data_dir):
+    """A checkpoint's fingerprint has no trainer.eval_each_epoch if it was written before the key existed: at its
+    default the key stays out of the fingerprint, so such a checkpoint matches; set, it is part of it."""
+    from unlearning.run import training_fingerprint
+
+    assert "eval_each_epoch" not in training_fingerprint(compose([]))["trainer"]
+    assert training_fingerprint(compose(["trainer.eval_each_epoch=true"]))["trainer"]["eval_each_epoch"] is True
+
+
 def test_a_whole_run_evaluates_at_each_epochs_end(run_tiny, tmp_path):
     """40 forget01 questions in batches of 20: 2 steps per epoch, 2 epochs -> evaluations after steps 2 and 4."""
     rec = run_tiny("trainer.batch_size=20", "trainer.epochs=2", "trainer.max_steps=-1", "trainer.eval_each_epoch=true",

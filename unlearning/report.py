@@ -261,10 +261,11 @@ def attacked_metric(rows) -> tuple[str, list[str]] | None:
     return metric, [a for m, a in pairs if m == metric]
 
 
-def plot_robustness(rows, baselines: dict, path: Path) -> dict | None:
+def plot_robustness(rows, baselines: dict, path: Path, params: list[str] = ()) -> dict | None:
     """Robustness (issue 12): a forget metric after unlearning and after each attack, per method: the mean over its
-    jobs, with the 95% t interval over them as an error bar (over seeds, when only the seed differs). Returns what
-    was drawn, method -> column -> (mean, half-width or None); None without attacks."""
+    jobs, with the 95% t interval over seeds as an error bar where the method's jobs differ in `seed` alone (none
+    where another swept value differs too: that spread is not a seed interval). Returns what was drawn, method ->
+    column -> (mean, half-width or None); None without attacks."""
     import matplotlib.pyplot as plt
 
     found = attacked_metric(rows)
@@ -277,10 +278,14 @@ def plot_robustness(rows, baselines: dict, path: Path) -> dict | None:
     fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(cols), 4.2))
     width = 0.8 / max(len(methods), 1)
     drawn: dict[str, dict[str, tuple]] = {}
+    others = [p for p in params if p not in ("method", "seed")]
     for i, m in enumerate(methods):
+        mine = [r for r in rows if str(r["method"]) == m]
+        over_seeds = len({tuple(parse_overrides(r["overrides"]).get(o) for o in others) for r in mine}) == 1
         for c in cols:
-            xs = [x for x in (_num(r["metrics"].get(c)) for r in rows if str(r["method"]) == m) if x is not None]
-            drawn.setdefault(m, {})[c] = mean_ci95(xs) if xs else (float("nan"), None)
+            xs = [x for x in (_num(r["metrics"].get(c)) for r in mine) if x is not None]
+            mean, half = mean_ci95(xs) if xs else (float("nan"), None)
+            drawn.setdefault(m, {})[c] = (mean, half if over_seeds else None)
         vals = [drawn[m][c] for c in cols]
         ax.bar([j + (i - (len(methods) - 1) / 2) * width for j in range(len(cols))], [v[0] for v in vals], width,
                yerr=[v[1] or 0 for v in vals], capsize=3, color=colours[m], label=m)
@@ -288,7 +293,7 @@ def plot_robustness(rows, baselines: dict, path: Path) -> dict | None:
     if t is not None:
         ax.axhline(t, ls="--", color="black", lw=1, label="target (before unlearning)")
     ax.set_xticks(range(len(cols)), ["unlearned"] + [f"@{a}" for a in attacks])
-    ax.set_ylabel(f"{metric} (mean over jobs, 95% t interval)")
+    ax.set_ylabel(f"{metric} (mean over jobs; bars: 95% t interval over seeds)")
     plain_ticks(ax, x=False)
     ax.set_title(f"Robustness: {metric} after unlearning and after each attack")
     ax.grid(alpha=0.3, axis="y")
@@ -429,7 +434,7 @@ def report(sweep_dir: str | Path, forget: str | None = None, utility: str | None
         for p in params:
             plots.append(plots_dir / f"param_{_safe(p)}.png")
             by_param[p] = plot_param(rows, p, metrics, plots[-1], [o for o in params if o not in (p, "method")])
-        if (robustness := plot_robustness(ok, baselines, plots_dir / "robustness.png")) is not None:
+        if (robustness := plot_robustness(ok, baselines, plots_dir / "robustness.png", params)) is not None:
             plots.append(plots_dir / "robustness.png")
     curves = read_curves(sweep_dir, ok)
     if curves:  # trainer.eval_every: each metric against the step, one line per job

@@ -162,10 +162,15 @@ def finished(cfg: DictConfig, out_dir: Path) -> dict | None:
     return record
 
 
+# trainer keys added after checkpoints had been written: left out at their default, so those checkpoints still resume
+ADDED_LATER = {"eval_each_epoch": False}
+
+
 def training_fingerprint(cfg: DictConfig) -> dict:
     """The config that determines the unlearning steps: a checkpoint resumes only a run that agrees on all of it."""
     c = OmegaConf.to_container(cfg, resolve=True)
-    trainer = {k: v for k, v in c["trainer"].items() if k not in ("save_every", "log_every")}
+    trainer = {k: v for k, v in c["trainer"].items()
+               if k not in ("save_every", "log_every") and not (k in ADDED_LATER and v == ADDED_LATER[k])}
     return {"model": c["model"], "dataset": c["dataset"], "method": c["method"], "trainer": trainer,
             "seed": c["seed"], "max_length": c["max_length"], "subtraction": c["subtraction"],
             "target_path": c["stage"]["target_path"], "processes": world_size(),

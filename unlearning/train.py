@@ -406,7 +406,9 @@ def resume(acc, checkpoints: Checkpoints, total: int, desc: str, stateful: dict 
     if step >= total:
         raise UserError(f"checkpoint {path} is at step {step}, but this run trains for {total} steps")
     acc.load_state(str(path))
-    saved = torch.load(path / "loop_state.pt", weights_only=True) if (path / "loop_state.pt").is_file() else {}
+    # mmap: a process that drops what it loads (DDP ranks > 0 drop the selection's best weights) never reads it in
+    saved = (torch.load(path / "loop_state.pt", weights_only=True, mmap=True) if (path / "loop_state.pt").is_file()
+             else {})
     for key, obj in (stateful or {}).items():
         if key in saved and hasattr(obj, "load_state_dict"):
             obj.load_state_dict(saved[key])
