@@ -9,7 +9,7 @@ export UNLEARNING_DATA_DIR ?= $(abspath ../shared/data)
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: run test lint check install bench clean figures figures-main figures-pii-seed figures-bench figures-pii-paper figures-tofu-full
+.PHONY: run test lint check install bench clean figures figures-main figures-pii-seed figures-bench figures-pii-paper figures-tofu-full figures-tofu-methods
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -81,6 +81,16 @@ figures-tofu-full: $(VENV)/.installed
 	$(VENV)/bin/unlearning -m experiment=tofu_smollm2_full method=npo,simnpo resume=true hydra.sweep.dir=$(FIG)/tofu_full
 	$(VENV)/bin/unlearning-table $(FIG)/tofu_full/0 $(FIG)/tofu_full/1 --labels NPO,SimNPO --columns $(TOFU_COLS) \
 	  --update docs/orpo_cfg.md --marker tofu_full
+
+# The README's TOFU method table: forget01 on SmolLM2 (conf/experiment/tofu_smollm2.yaml), one run per method
+# (the target and retain reference are fine-tuned by the first and reused by the others).
+TOFU_METHODS := ga graddiff npo simnpo wga satimp ceu undial llmu pdu
+figures-tofu-methods: $(VENV)/.installed
+	for m in $(TOFU_METHODS); do rm -rf $(FIG)/tofu_$$m; \
+	  $(VENV)/bin/unlearning experiment=tofu_smollm2 method=$$m hydra.run.dir=$(FIG)/tofu_$$m || exit 1; done
+	$(VENV)/bin/unlearning-table $(foreach m,$(TOFU_METHODS),$(FIG)/tofu_$(m)) \
+	  --labels GA,GradDiff,NPO,SimNPO,WGA,SatImp,CE-U,UNDIAL,LLMU,PDU \
+	  --columns forget_quality,model_utility,forget_Q_A_Prob,forget_Q_A_ROUGE --update README.md --marker tofu_methods
 
 figures-bench: $(VENV)/.installed
 	mkdir -p $(FIG)
