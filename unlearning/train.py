@@ -128,6 +128,9 @@ class TrainSettings:
 
 def check_scheduler(name, kwargs, where: str) -> None:
     """The schedule and its extra arguments as transformers' `get_scheduler` takes them, before any model loads."""
+    if name == TrainSettings.scheduler and not kwargs:
+        # the default needs no check, and importing transformers' schedules pulls in peft (4 of --check's 7 s)
+        return
     import inspect
 
     from transformers import SchedulerType
