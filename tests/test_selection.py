@@ -194,3 +194,38 @@ def test_resume_in_the_middle_keeps_the_curve_and_the_best_so_far(tiny, tmp_path
     assert [c["w"] for c in b.curve] == pytest.approx([c["w"] for c in a.curve], abs=1e-9)
     assert b.record()["selection"]["step"] == a.record()["selection"]["step"] == 1  # chosen before the resume point
     assert torch.equal(model_a.lm_head.weight, model_b.lm_head.weight)  # the same chosen weights came back
+
+
+def test_the_sharded_evaluation_copy_is_rebuilt_once_and_refreshed_each_time(tiny):  # noqa: F811
+    """What FSDP / ZeRO-3 evaluation during training does on rank 0 once accelerate has gathered the full weights
+    (the gather itself needs GPUs: tests/test_gpu.py): one copy built by `rebuild` on the first evaluation, then the
+    current weights loaded into that same copy at every later one, LoRA adapters included. One CPU process: a real
+    Accelerator, whose get_state_dict of an unsharded model is its state dict; `sharded` is set by hand."""
+    from types import SimpleNamespace
+
+    from accelerate import Accelerator
+
+    from unlearning.train import LoraSettings, apply_lora, eval_view
+
+    for lora in (False, True):
+        settings = TrainSettings(lora=LoraSettings(enabled=lora, r=2, alpha=4, dropout=0.0))
+        trained, _ = fresh(tiny)
+        trained = apply_lora(trained, settings.lora) if lora else trained
+        builds = []
+
+        def rebuild():
+            builds.append(1)
+            return fresh(tiny)[0]
+
+        acc, holder = Accelerator(cpu=True), {}
+        sharded = SimpleNamespace(sharded=True, effective="fsdp")
+        first = eval_view(acc, trained, sharded, settings, rebuild, holder)
+        assert first is not trained and not first.training
+        with torch.no_grad():
+            for p in trained.parameters():
+                if p.requires_grad:
+                    p.add_(0.5)  # a training step's worth of change
+        second = eval_view(acc, trained, sharded, settings, rebuild, holder)
+        assert second is first and len(builds) == 1
+        for (name, p), q in zip(trained.state_dict().items(), second.state_dict().values()):
+            assert torch.equal(p, q), name
