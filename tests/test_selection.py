@@ -213,7 +213,7 @@ def test_the_sharded_evaluation_copy_is_rebuilt_once_and_refreshed_each_time(tin
         trained = apply_lora(trained, settings.lora) if lora else trained
         builds = []
 
-        def rebuild():
+        def rebuild(builds=builds):
             builds.append(1)
             return fresh(tiny)[0]
 
