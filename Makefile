@@ -27,7 +27,8 @@ run: $(VENV)/.installed
 	$(VENV)/bin/unlearning $(if $(ARGS),$(ARGS),$(MAIN))
 
 # Two pytest workers (pytest-xdist), each test file on one worker so its module fixtures are built once:
-# most tests wait on subprocesses and imports, so two workers on two cores took the suite from 630 s to 360 s.
+# most tests wait on subprocesses and imports, so two workers on two cores took the suite from 630 s to 360 s
+# (first recorded 2026-11-25, commit 81bb884; current CI times in docs/results.md).
 TEST_WORKERS ?= 2
 test: $(VENV)/.installed
 	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadfile $(ARGS)

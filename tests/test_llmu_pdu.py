@@ -50,13 +50,14 @@ ROWS = [[0.0, 0.0, 0.0, 0.0], [1.0, 2.0, 3.0, 6.0], [math.log(3), 0.0, 0.0, 0.0]
 
 
 def _batch(ids, labels, prefix=""):
+    """Tensors as `collate` makes them, for one-row batches given as ids and labels (nothing to pad)."""
     return {prefix + "input_ids": torch.tensor(ids), prefix + "attention_mask": torch.ones(len(ids), len(ids[0])),
             prefix + "labels": torch.tensor(labels)}
 
 
 def test_llmu_whole_loss_by_hand_with_its_three_weights():
     # forget [2, 0] answering 0 after token 2: NLL ln2. Mismatch 0: [0, 1] answering 1 after uniform: ln4 = 2 ln2;
-    # mismatch 1 (longer, so the first is padded): [2, 0, 0], answers 0, 0 -> (ln2 + 2 ln2) / 2 = 1.5 ln2; their mean
+    # mismatch 1 (a longer sequence, its own batch): [2, 0, 0], answers 0, 0 -> (ln2 + 2 ln2) / 2 = 1.5 ln2; their mean
     # 1.75 ln2. Normal KL on retain [0, 0]: the model is uniform, the reference has p = [1/2, 1/6, 1/6, 1/6] at both
     # positions: KL(ref || model) = 1/2 ln2 + 3/6 ln(2/3) = 1/2 ln(4/3) per position.
     # loss = -0.5 ln2 + 1 * 1.75 ln2 + 1 * 1/2 ln(4/3)

@@ -122,6 +122,37 @@ def test_a_local_folders_tokens_template_and_positions_are_checked_before_weight
         validate(compose(["model=hf", f"model.path={local_copy}", *overrides]))
 
 
+def test_config_values_use_each_architectures_own_names(tmp_path):
+    """GPT-2 calls its positions n_positions (64 here), a multimodal config keeps them in text_config (96 here): both
+    are read as max_position_embeddings; a folder without a config gives None."""
+    from transformers import GPT2Config, LlamaConfig, LlavaConfig
+
+    from unlearning.models import config_value
+
+    GPT2Config(n_positions=64, n_layer=1, n_embd=8, n_head=2).save_pretrained(tmp_path / "gpt2")
+    LlavaConfig(text_config=LlamaConfig(max_position_embeddings=96, num_hidden_layers=3)).save_pretrained(
+        tmp_path / "llava")
+    assert config_value(tmp_path / "gpt2", "max_position_embeddings") == 64
+    assert config_value(tmp_path / "llava", "max_position_embeddings") == 96
+    assert config_value(tmp_path / "llava", "num_hidden_layers") == 3
+    assert config_value(tmp_path / "nothing", "max_position_embeddings") is None
+
+
+@pytest.mark.parametrize("env, datasets, expected", [
+    ({"HF_HUB_OFFLINE": "1"}, False, True), ({"HF_HUB_OFFLINE": "ON"}, False, True),
+    ({"TRANSFORMERS_OFFLINE": "yes"}, False, True), ({"HF_HUB_OFFLINE": "0"}, False, False),
+    ({"HF_DATASETS_OFFLINE": "1"}, False, False), ({"HF_DATASETS_OFFLINE": "1"}, True, True), ({}, True, False),
+])
+def test_offline_follows_huggingface_hubs_rule(env, datasets, expected, monkeypatch):
+    from unlearning.hub import offline
+
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert offline(datasets=datasets) is expected
+
+
 def test_smollm2s_positions_bound_max_length(data_dir):
     from unlearning.validate import validate
 

@@ -81,6 +81,9 @@ def test_a_whole_run_evaluates_at_each_epochs_end(run_tiny, tmp_path):
                    out=tmp_path / "epochs")
     assert [c["step"] for c in rec["curve"]] == [2, 4]
     assert rec["selection"]["step"] in (2, 4)
+    values = [c["forget_Q_A_Prob"] for c in rec["curve"]]
+    assert rec["selection"]["step"] == rec["curve"][values.index(min(values))]["step"]
+    assert rec["metrics"]["forget_Q_A_Prob"] == min(values)  # the final evaluation ran on the selected weights
 
 
 def test_a_whole_run_keeps_the_selected_weights(run_tiny, tmp_path):

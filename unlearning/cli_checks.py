@@ -137,7 +137,6 @@ def _plain_overrides(args: list[str]) -> tuple[list[str], bool]:
 def check_output_dir(args: list[str], create: bool = True) -> None:
     """The run (or sweep) folder must be creatable; Hydra makes it before the job starts and would end in a traceback.
     `create=False` (`--check`): tested without creating it (unlearning/folders.py)."""
-    import os
 
     overrides, sweeping = _plain_overrides(args)
     key = "hydra.sweep.dir" if sweeping else "hydra.run.dir"
@@ -145,16 +144,16 @@ def check_output_dir(args: list[str], create: bool = True) -> None:
     target = Path(given[-1] if given else "outputs").expanduser().absolute()
     if "${" in str(target):  # an interpolated folder (e.g. ${now:...}): its fixed part is what can fail
         target = Path(str(target).split("${", 1)[0]).parent
-    if not create:
-        from unlearning.folders import unwritable
+    from unlearning.folders import unwritable
 
+    if not create:
         if (why := unwritable(target)) is not None:
             raise UserError(f"cannot create the output folder {target}: {why}; choose another with {key}=...")
         return
     try:
         target.mkdir(parents=True, exist_ok=True)
-        if not os.access(target, os.W_OK | os.X_OK):
-            raise PermissionError(13, "not writable")
     except OSError as e:
         raise UserError(f"cannot create the output folder {target}: {e.strerror or e}; choose another with "
                         f"{key}=...") from None
+    if (why := unwritable(target)) is not None:  # made, but not writable (access() would say yes to root)
+        raise UserError(f"cannot write into the output folder {target}: {why}; choose another with {key}=...")

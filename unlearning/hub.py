@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 
-TRUE = ("1", "true", "yes")
-
 
 def offline(datasets: bool = False) -> bool:
-    """HF_HUB_OFFLINE (and, for `datasets` loads, HF_DATASETS_OFFLINE) set: only local copies and caches load."""
-    names = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE") if datasets else ("HF_HUB_OFFLINE",)
-    return any(os.environ.get(name, "0").lower() in TRUE for name in names)
+    """huggingface_hub's own rule, read now rather than at its import: HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) set to
+    1/ON/YES/TRUE; for `datasets` loads HF_DATASETS_OFFLINE too. Only local copies and caches load then."""
+    from huggingface_hub.constants import _is_true
+
+    names = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE") + (("HF_DATASETS_OFFLINE",) if datasets else ())
+    return any(_is_true(os.environ.get(name)) for name in names)

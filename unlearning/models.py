@@ -100,14 +100,15 @@ def load_folder(path: str | Path, dtype: str = "float32", attn_implementation: s
 
 
 def config_value(folder: Path, key: str) -> int | None:
-    """An integer of an HF folder's config.json (or its text_config), without loading weights."""
-    import json
+    """An integer of an HF folder's config (its text model's, for a multimodal one), without loading weights.
+    transformers' config classes map each architecture's own names (GPT-2's n_positions is max_position_embeddings)."""
+    from transformers import AutoConfig
 
     try:
-        cfg = json.loads((Path(folder) / "config.json").read_text())
-    except (OSError, ValueError):
+        cfg = AutoConfig.from_pretrained(str(folder)).get_text_config()
+    except (OSError, ValueError, KeyError):
         return None
-    value = cfg.get(key, (cfg.get("text_config") or {}).get(key))
+    value = getattr(cfg, key, None)
     return int(value) if isinstance(value, int) and not isinstance(value, bool) else None
 
 
