@@ -92,7 +92,8 @@ def _forget_prob(folder: Path, out: Path) -> float:
     from unlearning.evaluate import evaluate_model
 
     overrides = [o for o in TINY if not o.startswith("model")] + ["model=hf", f"model.path={folder}",
-                                                                  "evaluator.generate=false"]
+                                                                  "evaluator.generate=false",
+                                                                  "dataset.forget_split=forget01"]
     return evaluate_model(compose(overrides), out, overrides)["metrics"]["forget_Q_A_Prob"]
 
 
@@ -315,3 +316,15 @@ def test_forget_quality_compares_the_same_items_on_both_sides():
     rows = [{"id": "a", "truth_ratio": 1.0}, {"id": "b", "truth_ratio": 1.0}]
     ref = {"per_item": {"forget": rows + [{"id": "c", "truth_ratio": 100.0}]}}
     assert TofuEvaluator._summaries({}, {"forget": rows}, ref)["forget_quality"] == 1.0
+
+
+def test_narrowing_a_presets_attacks_runs_only_the_picked_ones(data_dir):
+    """tofu_smollm2_full sets `measure: forget` for five attacks; `attack=[quant8]` leaves the other four as settings
+    without `_target_`, which are not attacks (run_attacks would call `.apply` on a plain dict after training)."""
+    from conftest import compose
+
+    from unlearning.validate import validate
+
+    cfg = compose(["experiment=tofu_smollm2_full", "attack=[quant8]"])
+    assert set(cfg.attacks) == {"quant8", "relearn", "quant4"}  # what Hydra composes
+    assert list(validate(cfg).attacks) == ["quant8"]

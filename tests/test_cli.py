@@ -118,3 +118,26 @@ def test_evaluation_during_training_lm_eval_and_pdu_bad_input_exit_2_with_one_li
     for (_, fragments), r in zip(cases, runs):
         one_line_error(r, *fragments)
     assert not (tmp_path / "cache" / "stages").exists()  # nothing was built
+
+
+def test_a_refused_run_leaves_no_run_folder(tmp_path):
+    """A run refused for bad input (here: in the validation phase, after Hydra made the folder) leaves nothing under
+    outputs/runs/ (Hydra's .hydra/ and job log are removed with the folder); a folder holding more is kept."""
+    r = cli("method=npo", "method.beta=0", f"cache_dir={tmp_path}/c", cwd=tmp_path, run_dir="outputs/runs/refused")
+    one_line_error(r, "method.beta=0 must be > 0")
+    assert not (tmp_path / "outputs" / "runs" / "refused").exists()
+    kept = tmp_path / "outputs" / "runs" / "kept"
+    (kept / "checkpoints").mkdir(parents=True)
+    r = cli("method=npo", "method.beta=0", f"cache_dir={tmp_path}/c", cwd=tmp_path, run_dir=str(kept))
+    one_line_error(r, "method.beta=0 must be > 0")
+    assert (kept / "checkpoints").is_dir()
+
+
+def test_lora_target_modules_are_checked_against_the_model_before_any_work(tmp_path):
+    """peft would end in NoMatchingPeftModuleError after the target stage was built; the names are checked first,
+    on the model's config alone (the tiny Llama: q/k/v/o, gate/up/down, embed_tokens, lm_head)."""
+    r = cli("trainer.lora.enabled=true", "trainer.lora.target_modules=[q_proj,no_such_proj]",
+            f"cache_dir={tmp_path}/c")
+    one_line_error(r, "trainer.lora.target_modules: no_such_proj matches no linear or embedding module",
+                   "it has embed_tokens, q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj, lm_head")
+    assert not (tmp_path / "c" / "stages").exists()  # nothing was built

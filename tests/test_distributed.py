@@ -18,8 +18,7 @@ import pytest
 import torch
 from conftest import ROOT, compose
 
-# NPO without a retain term: every process's loss is a mean over its own examples, so the
-# gradient DDP averages equals the single-process gradient of the same global batch.
+# NPO without a retain term (tests/test_same_numbers.py has it with one, and the accumulation splits).
 BASE = ["model=tiny", "dataset=tofu", "dataset.retain_authors=2", "evaluator.max_items=6",
         "evaluator.max_new_tokens=16", "model.finetune.epochs=2", "trainer.max_steps=3", "trainer.lr=1e-3",
         "method=npo", "method.retain_weight=0", "attack=[quant8,paraphrase]"]
@@ -62,15 +61,15 @@ def test_two_processes_equal_one_with_the_same_global_batch(single, tmp_path):
     ref_dir, ref = single
     sweep = tmp_path / "sweep"
     # a one-job sweep, so the sweep summary is exercised under the distributed launch too
-    # the same target and reference as the one-process run (two processes would fine-tune their own: per-process batches)
+    # the same target and reference as the one-process run, given as paths (tests/test_same_numbers.py: the same keys)
     stages = [f"stage.{k}_path={v['path']}" for k, v in ref["stages"].items()]
     assert {s.split("=")[0] for s in stages} == {"stage.target_path", "stage.reference_path"}
-    p = cli("-m", *BASE, *EVAL, *stages, "trainer.batch_size=2", f"hydra.sweep.dir={sweep}", launcher=torchrun(2))
+    p = cli("-m", *BASE, *EVAL, *stages, "trainer.batch_size=4", f"hydra.sweep.dir={sweep}", launcher=torchrun(2))
     assert p.returncode == 0, p.stderr[-3000:]
     job = sweep / "0"
     record = json.loads((job / "results.json").read_text())
-    assert record["training"] == {"strategy": "ddp", "processes": 2, "per_device_batch": 2, "grad_accum": 1,
-                                  "global_batch": 4}
+    assert record["training"] == {"strategy": "ddp", "processes": 2, "global_batch": 4, "grad_accum": 1,
+                                  "micro_batch": 2}
     assert losses(job) == pytest.approx(losses(ref_dir), abs=1e-5)
     assert [c["step"] for c in record["curve"]] == [c["step"] for c in ref["curve"]] == [2, 3]
     for two, one in zip(record["curve"], ref["curve"]):  # the curve, split between the processes, is one process's
@@ -214,7 +213,8 @@ def test_fsdp_config_composes_and_validates(data_dir, monkeypatch):
     parts = _validate(["distributed=fsdp"], monkeypatch, world=2)
     assert parts.distributed.effective == "fsdp" and parts.distributed.sharded
     assert parts.distributed.fsdp["auto_wrap_policy"] == "transformer_based_wrap"
-    assert parts.distributed.describe(2, 4)["global_batch"] == 16
+    assert parts.distributed.describe(16, 4) == {"strategy": "fsdp", "processes": 2, "global_batch": 16, "grad_accum": 4,
+                                                "micro_batch": 2}  # 16 = 2 processes x 4 micro-batches of 2
 
 
 def test_unknown_plugin_option(data_dir, monkeypatch):
@@ -252,27 +252,17 @@ def test_negative_save_every(data_dir, monkeypatch):
         _validate(["trainer.save_every=-1"], monkeypatch)
 
 
-def test_shards_cover_the_global_batch_exactly():
-    from unlearning.distributed import shard
-
-    chunk = list(range(8))
-    assert [shard(chunk, 2, r) for r in range(2)] == [[0, 1, 2, 3], [4, 5, 6, 7]]
-    assert [shard([0, 1, 2], 2, r) for r in range(2)] == [[0, 1], [2]]
-    assert [shard([5], 2, r) for r in range(2)] == [[5], [5]]  # a last batch smaller than the ranks is repeated
-    assert shard(chunk, 1, 0) is chunk
-
-
 def test_stage_builds_are_not_keyed_by_how_they_train(monkeypatch):
     from unlearning.stages import stage_key
     from unlearning.train import TrainSettings
 
     a = stage_key("target", {}, [], [], TrainSettings(), 64)
-    b = stage_key("target", {}, [], [], TrainSettings(save_every=5, gradient_checkpointing=True, eval_each_epoch=True),
-                  64)
+    b = stage_key("target", {}, [], [], TrainSettings(save_every=5, gradient_checkpointing=True, eval_each_epoch=True,
+                                                       grad_accum=4), 64)
     c = stage_key("target", {}, [], [], TrainSettings(lr=2e-5), 64)
     assert a == b and a != c
-    monkeypatch.setenv("WORLD_SIZE", "2")  # per-process batches: two processes fine-tune another stage
-    assert stage_key("target", {}, [], [], TrainSettings(), 64) != a
+    monkeypatch.setenv("WORLD_SIZE", "2")  # the batch is global: two processes fine-tune the same stage
+    assert stage_key("target", {}, [], [], TrainSettings(), 64) == a
 
 
 @pytest.fixture(autouse=True)

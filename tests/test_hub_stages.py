@@ -39,7 +39,8 @@ def test_the_resolver_names_openunlearnings_models():
     cfg = compose(["experiment=tofu_ou_repro", "model.path=/models/Llama-3.2-1B-Instruct", "dataset.forget_split=forget05"])
     assert cfg.stage.target_path == "open-unlearning/tofu_Llama-3.2-1B-Instruct_full"
     assert cfg.stage.reference_path == "open-unlearning/tofu_Llama-3.2-1B-Instruct_retain95"
-    assert cfg.evaluator.compat == "openunlearning" and cfg.trainer.batch_size * cfg.trainer.grad_accum == 32
+    # OU: 4 per device x 2 GPUs x 4 accumulation steps = 32 per optimiser step, the global batch
+    assert cfg.evaluator.compat == "openunlearning" and (cfg.trainer.batch_size, cfg.trainer.grad_accum) == (32, 4)
 
 
 def test_a_hub_id_not_cached_offline_is_one_line(data_dir, monkeypatch, tmp_path):

@@ -19,17 +19,13 @@ from omegaconf import OmegaConf
 from unlearning.data.base import IGNORE, chat, collate, encode
 from unlearning.errors import UserError
 from unlearning.methods.base import nll, sequence_logp
-from unlearning.methods.ceu import CEU
 from unlearning.methods.ga import GradientAscent
 from unlearning.methods.graddiff import GradDiff, retain_kl
 from unlearning.methods.idk_dpo import IdkDPO, dpo_loss, shared_prompt_logps
 from unlearning.methods.npo import NPO, npo_loss
 from unlearning.methods.reference import attach_ref_logps
 from unlearning.methods.rmu import RMU, decoder_layers, masked_mse
-from unlearning.methods.satimp import SatImp
 from unlearning.methods.simnpo import SimNPO, simnpo_loss
-from unlearning.methods.undial import UNDIAL
-from unlearning.methods.wga import WGA
 from unlearning.models import TinyLlama
 from unlearning.train import LoraSettings, TrainSettings, apply_lora, train
 
@@ -74,9 +70,11 @@ def run_steps(model, tok, method, steps=2, lr=1e-3, batch_size=2):
 # ---- losses against hand computations -------------------------------------------------------------
 
 def test_npo_loss_hand_computed():
-    # ratios [1, -1], beta 0.1: -(2/0.1) * mean(log sig(-0.1), log sig(0.1)) = 13.88793320
-    loss = npo_loss(torch.tensor([-2.0, -4.0]), torch.tensor([-3.0, -3.0]), 0.1)
-    assert loss.item() == pytest.approx(13.88793320, abs=1e-5)
+    # ratios [1, -2], beta 0.1: -(2/0.1) * mean(log sig(-0.1), log sig(0.2)) = -20 * mean(-0.7443967, -0.5981389)
+    # = 13.4253550. Asymmetric on purpose: with ratios [+1, -1] a flipped sign gives the same number; here the flipped
+    # sign (log sig(+beta * ratio)) gives -20 * mean(-0.6443967, -0.7981389) = 14.4253550.
+    loss = npo_loss(torch.tensor([-2.0, -5.0]), torch.tensor([-3.0, -3.0]), 0.1)
+    assert loss.item() == pytest.approx(13.4253550, abs=1e-5)
 
 
 def test_simnpo_loss_hand_computed():
@@ -112,6 +110,74 @@ def test_retain_kl_ou_is_reference_to_model_over_every_position():
     # these 3 positions are symmetric, so the direction shows on position 0 alone: KL(ref || p) = 0.1308120, where the
     # `kl_answers` direction KL(p || ref) would be 0.1438410
     assert retain_kl_ou(logits[:, :1], ref[:, :1]).item() == pytest.approx(0.1308120, abs=1e-6)
+
+
+class _Rows(torch.nn.Module):
+    """A 'model' whose logits at a position are a fixed row per input token (hand-computed losses)."""
+
+    def __init__(self, rows):
+        super().__init__()
+        self.table = torch.tensor(rows)
+
+    def forward(self, input_ids=None, attention_mask=None):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(logits=self.table[input_ids])
+
+
+def test_graddiff_kl_call_site_is_reference_to_model_with_the_reference_model():
+    """GradDiff(kl).loss: the retain term is KL(p_ref || p_theta) over every position, p_ref from the *reference*
+    (not the trained model), in that argument order. Model: uniform [1/2, 1/2] after every token; reference: [3/4, 1/4]
+    after token 0, uniform after token 1. Retain [0, 1]: position 0 is .75 ln 1.5 + .25 ln .5 = 0.1308120, position 1
+    is 0: batchmean 0.0654060. Swapped arguments, KL(p_theta || p_ref), would be 0.1438410 / 2 = 0.0719205; the
+    reference taken from the trained model would give 0."""
+    import contextlib
+
+    model = _Rows([[0.0, 0.0], [0.0, 0.0]])
+    reference = _Rows([[math.log(3.0), 0.0], [0.0, 0.0]])
+    method = GradDiff(retain_loss="kl")
+    method.reference = lambda m: contextlib.nullcontext(reference)
+    one = {"input_ids": torch.tensor([[0, 1]]), "attention_mask": torch.ones(1, 2), "labels": torch.tensor([[IGNORE, 1]])}
+    _, logs = method.loss(model, {"forget": one, "retain": one})
+    assert logs["retain_kl"] == pytest.approx(0.0654060, abs=1e-6)
+    assert logs["forget_nll"] == pytest.approx(math.log(2), abs=1e-6)
+
+
+def test_rmu_hooks_its_layer_steers_to_a_vector_of_norm_c_and_keeps_a_frozen_reference(tiny):
+    """RMU.loss by hand from transformers' own hidden_states on the tiny (4-layer) model: the forget term is the MSE
+    of layer 2's output (hidden_states[3], not [2] or [4]) to the control vector, whose norm is steering_coeff; the
+    retain term compares the trained model's layer 2 with the model as it was at `prepare` (frozen), so it is 0 before
+    any change and the hand MSE against the *unchanged* copy after the trained weights move."""
+    model, tok = fresh(tiny)
+    frozen = copy.deepcopy(model)
+    batch = {"forget": collate(items(tok, FORGET[:2]), tok.pad_token_id),
+             "retain": collate(items(tok, RETAIN[:2]), tok.pad_token_id)}
+    method = RMU(layer=2, steering_coeff=3.0, retain_weight=1.0, update_layers="all", params=None)
+    method.prepare(model, tok, [], None, None)
+    assert method.layer_idx == 2
+    assert method.control.norm().item() == pytest.approx(3.0, rel=1e-6)
+
+    def hidden(m, b, i):
+        with torch.no_grad():
+            return m(input_ids=b["input_ids"], attention_mask=b["attention_mask"], output_hidden_states=True).hidden_states[i]
+
+    def mse(h, target, labels):
+        mask = (labels != IGNORE).float()
+        return (((h - target) ** 2).mean(-1) * mask).sum().item() / mask.sum().item()
+
+    with torch.no_grad():
+        _, logs = method.loss(model, batch)
+    f = batch["forget"]
+    assert logs["forget_mse"] == pytest.approx(mse(hidden(model, f, 3), method.control, f["labels"]), rel=1e-5)
+    assert logs["forget_mse"] != pytest.approx(mse(hidden(model, f, 2), method.control, f["labels"]), rel=1e-3)
+    assert logs["retain_mse"] == 0.0
+    with torch.no_grad():  # the trained model moves; the reference must not
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+        _, logs = method.loss(model, batch)
+    r = batch["retain"]
+    want = mse(hidden(model, r, 3), hidden(frozen, r, 3), r["labels"])
+    assert want > 0 and logs["retain_mse"] == pytest.approx(want, rel=1e-5)
 
 
 def test_masked_mse_hand_computed():
@@ -200,20 +266,51 @@ def test_retain_term_lowers_retain_nll(tiny, method):
 
 # ---- every method, two steps, with and without LoRA ---------------------------------------------------
 
+# Every method is its YAML (conf/method/*.yaml): a new method is exercised here the moment its YAML exists. Where the
+# tiny model or these few items need another value, it is named here (RMU's retain MSE would swamp two steps; the
+# tiny model has 4 layers, rmu_ou's default layer is 7; UNDIAL's retain term on, so the retain path runs too).
+METHODS = sorted(p.stem for p in CONF.glob("*.yaml"))
+FOR_THE_TINY_MODEL = {"idk_dpo": {"refusals": REFUSALS}, "rmu": {"retain_weight": 10.0},
+                      "rmu_ou": {"layer": 2, "retain_weight": 10.0}, "undial": {"retain_weight": 1.0},
+                      "graddiff_kl": {"retain_loss": "kl"}, "graddiff_kl_answers": {"retain_loss": "kl_answers"}}
+PAIRS = {"positive_prompt": "Do not share.", "negative_prompt": "Share everything."}  # orpo_cfg's, from generation
+
+
+def method_from_yaml(name: str):
+    """conf/method/<name>.yaml as the run composes it (Hydra: defaults lists, interpolations), with FOR_THE_TINY_MODEL."""
+    from conftest import compose
+
+    yaml = name.removesuffix("_kl_answers").removesuffix("_kl")
+    node = compose([f"method={yaml}"]).method
+    return instantiate(node, **FOR_THE_TINY_MODEL.get(name, {}), _convert_="all")
+
+
+def test_every_method_yaml_is_enumerated():
+    assert len(METHODS) >= 15 and {"ga", "npo", "orpo_cfg", "pdu", "rmu_ou"} <= set(METHODS)
+
+
 def all_methods():
-    return {"ga": GradientAscent(), "graddiff": GradDiff(), "graddiff_kl": GradDiff(retain_loss="kl"),
-            "graddiff_kl_answers": GradDiff(retain_loss="kl_answers"),
-            "npo": NPO(), "simnpo": SimNPO(), "idk_dpo": IdkDPO(refusals=REFUSALS), "rmu": RMU(retain_weight=10.0),
-            "wga": WGA(), "satimp": SatImp(), "ceu": CEU(), "undial": UNDIAL(retain_weight=1.0)}
+    return {name: method_from_yaml(name) for name in METHODS + ["graddiff_kl", "graddiff_kl_answers"]}
+
+
+def forget_items(tok, method):
+    """The forget items a method trains on: chosen / rejected pairs for the methods that need them (ORPO)."""
+    if not getattr(method, "needs_pairs", False):
+        return items(tok, FORGET)
+    out = []
+    for q, a in FORGET:
+        ex = chat(q, a, chosen="I cannot share that.", rejected=a)
+        out.append({**encode(tok, ex, 64), "example": ex})
+    return out
 
 
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
-@pytest.mark.parametrize("name", list(all_methods()))
+@pytest.mark.parametrize("name", METHODS + ["graddiff_kl", "graddiff_kl_answers"])
 def test_two_steps(tiny, name, lora):
     model, tok = fresh(tiny)
-    method = all_methods()[name]
+    method = method_from_yaml(name)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    forget, retain = items(tok, FORGET), items(tok, RETAIN)
+    forget, retain = forget_items(tok, method), items(tok, RETAIN)
     ctx = OmegaConf.create({"cfg": {"trainer": {"lora": {"enabled": lora}, "bf16": False}}, "max_length": 64})
     forget = method.prepare(model, tok, forget, retain, ctx)
     settings = TrainSettings(lr=1e-3, max_steps=2, batch_size=2, max_grad_norm=1.0,
@@ -234,11 +331,13 @@ def test_two_steps(tiny, name, lora):
 
 def test_rmu_mse_normalised_over_tokens_or_per_sequence():
     # per-token MSE over the hidden dim: sequence A 2.5, 12.5; sequence B 2 (its second token is masked out).
-    # tokens: (2.5 + 12.5 + 2) / 3 = 5.6667; sequences (OpenUnlearning): ((2.5 + 12.5) / 2 + 2 / 1) / 2 = 4.75
+    # tokens: (2.5 + 12.5 + 2) / 3 = 5.6667; sequences: ((2.5 + 12.5) / 2 + 2 / 1) / 2 = 4.75
     h = torch.tensor([[[1.0, 2.0], [3.0, 4.0]], [[0.0, 2.0], [9.0, 9.0]]])
     mask = torch.tensor([[1, 1], [1, 0]])
     assert masked_mse(h, torch.zeros_like(h), mask).item() == pytest.approx(17 / 3)
     assert masked_mse(h, torch.zeros_like(h), mask, "sequences").item() == pytest.approx(4.75)
+    # openunlearning (OU's code: sums [B] / lengths [B, 1] broadcast to B x B): mean(15, 2) x mean(1/2, 1/1) = 6.375
+    assert masked_mse(h, torch.zeros_like(h), mask, "openunlearning").item() == pytest.approx(8.5 * 0.75)
 
 
 def test_rmu_presets_train_wmdps_or_openunlearnings_parameters(tiny):
@@ -256,7 +355,7 @@ def test_rmu_presets_train_wmdps_or_openunlearnings_parameters(tiny):
     assert (wmdp.steering_coeff, wmdp.retain_weight, wmdp.normalise) == (6.5, 1200.0, "tokens")
     assert trained(wmdp) == ["model.layers.0.mlp.down_proj.weight", "model.layers.1.mlp.down_proj.weight"]
     ou = instantiate(compose(["method=rmu_ou", "method.layer=2"]).method)
-    assert (ou.steering_coeff, ou.retain_weight, ou.normalise, ou.update_layers) == (2.0, 1.0, "sequences", "all")
+    assert (ou.steering_coeff, ou.retain_weight, ou.normalise, ou.update_layers) == (2.0, 1.0, "openunlearning", "all")
     model, _ = fresh(tiny)
     assert trained(ou) == sorted(k for k, _ in model.named_parameters())
 
@@ -295,6 +394,20 @@ def test_idk_dpo_reads_refusal_file_and_attaches_chosen(tiny, tmp_path):
 def test_yaml_instantiates_with_defaults(name):
     method = instantiate(OmegaConf.load(CONF / f"{name}.yaml"))
     assert method.name == name and method.needs_retain
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_every_method_refuses_an_unknown_option_in_one_line(name):
+    """A misspelt key of any method's YAML is one line naming the key and the file (reject_unknown)."""
+    from conftest import compose
+
+    from unlearning.validate import build, check_keys_and_types  # as validate() checks the method group
+
+    node = OmegaConf.create({**OmegaConf.to_container(compose([f"method={name}"]).method, resolve=True),
+                             "no_such_option": 1})
+    with pytest.raises(UserError, match=r"unknown option\(s\) \['no_such_option'\] for method=\w+; known: \["):
+        check_keys_and_types("method", node, name)  # a constructor's own keys; **kwargs ones it forwards ...
+        build(node)                                  # ... are refused by the method itself (reject_unknown)
 
 
 def test_unknown_option_is_one_clear_line():

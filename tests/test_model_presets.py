@@ -96,8 +96,9 @@ def test_a_local_copy_stands_in_for_the_hub_id_end_to_end(local_copy, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     code = "import sys; from unlearning.__main__ import eval_main; sys.exit(eval_main())"
     r = subprocess.run([sys.executable, "-c", code, "model=llama32_1b", f"model.path={local_copy}",
-                        "dataset.retain_authors=2", "evaluator.max_items=2", "evaluator.max_new_tokens=4",
-                        f"hydra.run.dir={tmp_path / 'ev'}"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+                        "dataset.forget_split=forget01", "dataset.retain_authors=2", "evaluator.max_items=2",
+                        "evaluator.max_new_tokens=4", f"hydra.run.dir={tmp_path / 'ev'}"],
+                       capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     record = json.loads((tmp_path / "ev" / "results.json").read_text())
     assert record["model"] == "llama32_1b" and record["config"]["model"]["path"] == str(local_copy)

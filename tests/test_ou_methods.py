@@ -35,6 +35,10 @@ def test_satimp_loss_by_hand():
     # mean(-0.015625 ln2, -0.000732421875 ln4) = mean(-0.01083042, -0.00101535) = -0.00592289
     lp = torch.tensor([[-LN2, -LN4]])
     assert satimp_loss(lp, torch.ones_like(lp, dtype=torch.bool), 5.0, 1.0).item() == pytest.approx(-0.00592289, abs=1e-7)
+    # a third, masked position (p = 1/2 again) must not count: with it the mean would be -0.0075604
+    lp = torch.tensor([[-LN2, -LN4, -LN2]])
+    mask = torch.tensor([[True, True, False]])
+    assert satimp_loss(lp, mask, 5.0, 1.0).item() == pytest.approx(-0.00592289, abs=1e-7)
 
 
 def test_ceu_loss_by_hand_skips_the_first_answer_token():
@@ -48,6 +52,34 @@ def test_ceu_loss_by_hand_skips_the_first_answer_token():
     # log-sum-exp 9 + ln(1 + e^-9 + e^-18) = 9.0001234 its CE is 1.2339e-4 * 18.0001234 + 0.9998766 * 9.0001234
     # = 9.0012339; the mean with ln 3 is 5.0499231
     assert ceu_loss(logits, labels, ignore_first=0).item() == pytest.approx(5.0499231, abs=1e-5)
+
+
+def test_undial_method_uses_the_teacher_and_averages_over_answer_tokens():
+    """UNDIAL.loss with a teacher other than the student and two labelled positions (sum != mean). Vocabulary 2,
+    beta ln 3, labels [-, 0, 1]. Position 0 (label 0): teacher [0, 0] -> target softmax([-ln3, 0]) = [1/4, 3/4];
+    student [ln3, 0] (p = [3/4, 1/4]): CE = -(1/4 ln 3/4 + 3/4 ln 1/4) = 1.1116405. Position 1 (label 1): teacher
+    [ln3, 0] -> target softmax([ln3, -ln3]) = [9/10, 1/10]; student uniform: CE = ln 2. Mean 0.9023939 (the sum would be
+    1.8047877; the student as its own teacher 0.7650678)."""
+    import contextlib
+    from types import SimpleNamespace
+
+    from unlearning.methods.undial import UNDIAL
+
+    class Rows(torch.nn.Module):
+        def __init__(self, rows):
+            super().__init__()
+            self.rows = torch.tensor(rows)
+
+        def forward(self, input_ids=None, attention_mask=None):
+            return SimpleNamespace(logits=self.rows.unsqueeze(0))
+
+    student = Rows([[LN3, 0.0], [0.0, 0.0], [5.0, -5.0]])
+    teacher = Rows([[0.0, 0.0], [LN3, 0.0], [0.0, 0.0]])
+    method = UNDIAL(beta=LN3)
+    method.reference = lambda model: contextlib.nullcontext(teacher)
+    f = {"input_ids": torch.tensor([[0, 1, 1]]), "attention_mask": torch.ones(1, 3), "labels": torch.tensor([[IGNORE, 0, 1]])}
+    loss, _ = method.loss(student, {"forget": f})
+    assert loss.item() == pytest.approx(0.9023939, abs=1e-6)
 
 
 def test_undial_loss_by_hand():

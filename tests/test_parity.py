@@ -214,3 +214,76 @@ def test_muse_min_k_scores_and_auc_match(muse_compat, muse_reference):
         want = [muse_reference["mia_min_k"][side]["value_by_index"][str(i)]["score"] for i in range(N_MUSE)]
         assert [r["min_k"] for r in per_item[f"privleak_{side}"]] == pytest.approx(want, abs=5e-5)
     assert muse_compat["aggregates"]["mia_min_k"] == pytest.approx(2 / 4, abs=1e-12)
+
+
+LLAMA3_TEMPLATE = ("{{ bos_token }}{% for message in messages %}{{ '<|start_header_id|>' + message['role'] + "
+                   "'<|end_header_id|>\n\n' + message['content'] | trim + '<|eot_id|>' }}{% endfor %}"
+                   "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}")
+
+
+def _llama3_tokenizer(template: str):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|pad|>"]
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(["You are a helpful assistant. Who wrote X? Jane Doe. system user assistant"],
+                            trainer=trainers.BpeTrainer(vocab_size=300, special_tokens=specials,
+                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<|begin_of_text|>", eos_token="<|eot_id|>",
+                                  pad_token="<|pad|>")
+    tok.chat_template = template
+    return tok
+
+
+def test_compat_tokens_on_a_llama3_style_chat_template():
+    """Compat mode on a second template family: a tiny BPE tokenizer (trained here, offline) with Llama-3's special
+    tokens and Meta-Llama-3-Instruct's template, where the end of turn is the EOS. The scored sequence is OU's
+    `apply_chat_template: true` path: the templated conversation, and no second EOS, since it already ends in one
+    (SmolLM2's `<|im_end|>\\n` does not, hence its doubled end of turn above)."""
+    from unlearning.eval import openunlearning as ou
+
+    tok = _llama3_tokenizer(LLAMA3_TEMPLATE)
+    question = [{"role": "user", "content": "Who wrote X?"}]
+    prompt = ("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nYou are a helpful assistant.<|eot_id|>"
+              "<|start_header_id|>user<|end_header_id|>\n\nWho wrote X?<|eot_id|>"
+              "<|start_header_id|>assistant<|end_header_id|>\n\n")
+    assert tok.decode(ou.prompt_ids(tok, question)) == prompt
+    item = ou.encode(tok, question, "Jane Doe.")
+    assert tok.decode(item["input_ids"]) == prompt + "Jane Doe.<|eot_id|>"
+    ids = item["input_ids"]
+    assert ids[0] == tok.convert_tokens_to_ids("<|begin_of_text|>") and ids.count(tok.eos_token_id) == 3
+    labelled = [t for t in item["labels"] if t != -100]
+    assert tok.decode(labelled) == "Jane Doe.<|eot_id|>" and labelled[-1] == tok.eos_token_id
+    assert item["labels"][: len(ids) - len(labelled)] == [-100] * (len(ids) - len(labelled))
+
+
+# Llama-3.2-Instruct's date lines: today's date unless the caller passes date_string
+LLAMA32_DATE = ("{%- if not date_string is defined %}{%- if strftime_now is defined %}"
+                "{%- set date_string = strftime_now('%d %b %Y') %}{%- else %}{%- set date_string = '26 Jul 2024' %}"
+                "{%- endif %}{%- endif %}{{ bos_token }}<|start_header_id|>system<|end_header_id|>\n\n"
+                "Cutting Knowledge Date: December 2023\nToday Date: {{ date_string }}<|eot_id|>"
+                "{% for message in messages %}{% if message['role'] != 'system' %}{{ '<|start_header_id|>' + "
+                "message['role'] + '<|end_header_id|>\n\n' + message['content'] + '<|eot_id|>' }}{% endif %}"
+                "{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}"
+                "{% endif %}")
+
+
+def test_the_template_date_is_pinned_not_today():
+    """Both scorings write 10 Apr 2025 (OU's Llama-3.2 pin) into a template that reads `date_string`, whatever the
+    day; `model.date_string` (finish_tokenizer) pins another."""
+    import datetime
+
+    from unlearning.data.base import prompt_ids
+    from unlearning.eval import openunlearning as ou
+    from unlearning.models import finish_tokenizer
+
+    tok = _llama3_tokenizer(LLAMA32_DATE)
+    question = [{"role": "user", "content": "Who wrote X?"}]
+    today = datetime.date.today().strftime("%d %b %Y")
+    for text in (tok.decode(prompt_ids(tok, question)), tok.decode(ou.prompt_ids(tok, question))):
+        assert "Today Date: 10 Apr 2025<|eot_id|>" in text and (today == "10 Apr 2025" or today not in text)
+    finish_tokenizer(tok, date_string="01 Jan 2030")
+    assert "Today Date: 01 Jan 2030<|eot_id|>" in tok.decode(prompt_ids(tok, question))

@@ -52,6 +52,8 @@ def _job(cfg):
         log.error("job %s diverged: %s", hc.job.get("num", "?"), e)
         return None
     except Exception as e:
+        if not multirun and isinstance(e, UserError):
+            remove_refused_folder(out_dir)
         if not multirun and isinstance(e, UserError) and not os.environ.get("UNLEARNING_TRACEBACK"):
             # Hydra reports job exceptions with a traceback and exit 1; SystemExit passes through it to main().
             print(f"error: {e}", file=sys.stderr)
@@ -75,6 +77,20 @@ def _job(cfg):
         print(table(record))
         print(f"results: {out_dir / 'results.json'}")
     return record["objective"]
+
+
+def remove_refused_folder(out_dir: Path) -> None:
+    """A run refused for bad input leaves nothing behind: the folder Hydra made for it is removed when it holds
+    only Hydra's own files (`.hydra/` and the job log). A folder with anything else (checkpoints, a log of the
+    run, results) is kept."""
+    import shutil
+
+    from unlearning.distributed import is_main
+
+    if not is_main() or not out_dir.is_dir():
+        return
+    if all(e.name == ".hydra" or (e.is_file() and e.suffix == ".log") for e in out_dir.iterdir()):
+        shutil.rmtree(out_dir, ignore_errors=True)
 
 
 def slurm_torch_environment() -> None:

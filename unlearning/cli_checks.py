@@ -113,6 +113,10 @@ def validate_jobs(args: list[str], conf_dir: str, evaluation_only: bool = False)
             cfg.choices = {k: v for k, v in cfg.hydra.runtime.choices.items() if not k.startswith("hydra") or k == "hydra/launcher"}
             del cfg["hydra"]
         try:
+            if evaluation_only:  # unlearning-eval's own checks (the forget split, the reference result)
+                from unlearning.evaluate import check_eval
+
+                check_eval(cfg, job)
             validate(cfg, evaluation_only)
         except UserError as e:
             raise UserError(f"job {n} ({' '.join(job) or 'defaults'}): {e}" if sweeping else str(e)) from None

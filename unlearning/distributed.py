@@ -237,10 +237,11 @@ class Distributed:
             check_plugin("deepspeed", self.deepspeed)
 
     def describe(self, batch_size: int, grad_accum: int) -> dict:
-        """What results.json records: the strategy and the global batch (per device x processes x accumulation)."""
+        """What results.json records: the strategy, the global batch (`trainer.batch_size`) and how it was split
+        (processes x accumulation micro-batches of `micro_batch`), which changes no number."""
         n = world_size()
-        return {"strategy": self.effective, "processes": n, "per_device_batch": batch_size, "grad_accum": grad_accum,
-                "global_batch": batch_size * n * grad_accum}
+        return {"strategy": self.effective, "processes": n, "global_batch": batch_size, "grad_accum": grad_accum,
+                "micro_batch": batch_size // (n * grad_accum)}
 
     def accelerator(self, grad_accum: int, device: str, max_grad_norm: float = 1.0):
         """A fresh `accelerate.Accelerator` for one training loop (stage fine-tune, unlearning, relearn attack)."""
@@ -291,17 +292,3 @@ def check_plugin(key: str, given: dict) -> None:
         raise UserError(f"distributed.{key}: accelerate's {plugin.__name__} refuses these options ({type(e).__name__}: "
                         f"{str(e).splitlines()[0] if str(e) else e!r}); see conf/distributed/{key}.yaml") from None
 
-
-def shard(chunk: list, n: int, r: int) -> list:
-    """Rank r's contiguous part of one global batch; a short last batch is padded by repeating its start.
-
-    With a full batch of n x b items this is items [r*b, (r+1)*b): the union over ranks is exactly the
-    global batch a single process with batch n x b would take, so the data a step sees does not depend on n.
-    """
-    if n == 1:
-        return chunk
-    while len(chunk) < n:
-        chunk = chunk + chunk[: n - len(chunk)]
-    size, extra = divmod(len(chunk), n)
-    start = r * size + min(r, extra)
-    return chunk[start : start + size + (1 if r < extra else 0)]

@@ -117,6 +117,41 @@ def config_depth(folder: Path) -> int | None:
     return config_value(folder, "num_hidden_layers")
 
 
+def module_names(spec, target: str | None = None) -> list[str] | None:
+    """Full names of the LoRA-able modules (linear layers and embeddings) of the model a run trains, from its config
+    alone: the model is built on the meta device, so no weights load and no memory is taken. The model is the given
+    target folder's, else the preset's (tiny, SmolLM2: Llama configs; hf: its folder's config.json). None where no
+    config is at hand (a hub id not in the local cache)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig
+
+    if target:
+        folder = Path(str(target)).expanduser()
+    elif isinstance(spec, HFModel):
+        folder = Path(spec.path).expanduser() if spec.local else spec.path
+    else:
+        folder = None
+    try:
+        if folder is not None:
+            config = AutoConfig.from_pretrained(str(folder), trust_remote_code=getattr(spec, "trust", False))
+        elif isinstance(spec, TinyLlama):
+            c = spec.cfg
+            config = LlamaConfig(vocab_size=c["vocab_size"], hidden_size=c["hidden_size"],
+                                 intermediate_size=c["intermediate_size"], num_hidden_layers=c["num_layers"],
+                                 num_attention_heads=c["num_heads"], num_key_value_heads=c["num_heads"],
+                                 tie_word_embeddings=True)
+        elif isinstance(spec, SmolLM2):  # SmolLM2-135M-Instruct's architecture: a 30-layer Llama
+            config = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                                 num_attention_heads=9, num_key_value_heads=3, tie_word_embeddings=True)
+        else:
+            return None
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config, trust_remote_code=getattr(spec, "trust", False))
+    except (OSError, ValueError, KeyError):
+        return None
+    return [name for name, m in model.named_modules()
+            if name and (isinstance(m, (torch.nn.Linear, torch.nn.Embedding)) or type(m).__name__ == "Conv1D")]
+
+
 def check_chat_template(template: str) -> None:
     """A template that does not compile fails at validation, not after the stages' weights load."""
     from jinja2 import TemplateSyntaxError
@@ -129,10 +164,12 @@ def check_chat_template(template: str) -> None:
                         "template or null for the tokenizer's own") from None
 
 
-def finish_tokenizer(tok, chat_template: str | None = None, eos_token: str | None = None, pad_token: str | None = None):
+def finish_tokenizer(tok, chat_template: str | None = None, eos_token: str | None = None, pad_token: str | None = None,
+                     date_string: str | None = None):
     """The tokens a run relies on: `eos_token` closes every answer (and stops generation), so a preset names a
     model's end-of-turn token where its tokenizer's eos is another (Phi-3.5's `<|end|>`, Gemma's `<end_of_turn>`);
-    a pad token (the eos when the tokenizer has none); a chat template (ChatML when the tokenizer has none)."""
+    a pad token (the eos when the tokenizer has none); a chat template (ChatML when the tokenizer has none); the date
+    a template that reads `date_string` writes (data/base.py's DATE_STRING unless the preset pins another)."""
     if eos_token is not None:
         if tok.convert_tokens_to_ids(eos_token) in (None, tok.unk_token_id) and eos_token != tok.unk_token:
             raise UserError(f"model.eos_token={eos_token!r} is not a token of this tokenizer; give its end-of-turn "
@@ -149,7 +186,28 @@ def finish_tokenizer(tok, chat_template: str | None = None, eos_token: str | Non
         tok.chat_template = chat_template
     if not getattr(tok, "chat_template", None):
         tok.chat_template = CHATML_TEMPLATE
+    if date_string is not None:
+        tok.date_string = str(date_string)
     return tok
+
+
+def build_once(folder: Path, build) -> bool:
+    """`build()` the cached model folder unless it exists; True if it existed. Under a distributed launch only rank 0
+    builds (transformers' save_pretrained writes the weights on rank 0 alone); the others wait for the folder."""
+    import time
+
+    from unlearning.distributed import rank
+
+    existed = True
+    while True:
+        with FileLock(str(folder) + ".lock"):
+            if (folder / "config.json").exists():
+                return existed
+            if rank() == 0:
+                build()
+                return False
+        existed = False
+        time.sleep(0.5)
 
 
 class TinyLlama:
@@ -195,11 +253,8 @@ class TinyLlama:
     def load(self, corpus: list[str]):
         folder = cache_root(self.cache_dir) / "models" / "tiny" / short_hash({**self.fingerprint(),
                                                                                "corpus": texts_hash(corpus)})
-        with FileLock(str(folder) + ".lock"):
-            if not (folder / "config.json").exists():
-                self._build(corpus, folder)
-            else:
-                log.info("tiny model: reusing %s", folder)
+        if build_once(folder, lambda: self._build(corpus, folder)):
+            log.info("tiny model: reusing %s", folder)
         return load_folder(folder, **self.load_kwargs())
 
     def _build(self, corpus: list[str], folder: Path) -> None:
@@ -268,9 +323,7 @@ class SmolLM2:
 
     def folder(self) -> Path:
         folder = cache_root(self.cache_dir) / "models" / "smollm2_135m"
-        with FileLock(str(folder) + ".lock"):
-            if not (folder / "config.json").exists():
-                self._convert(folder)
+        build_once(folder, lambda: self._convert(folder))
         return folder
 
     def _convert(self, folder: Path) -> None:
@@ -297,9 +350,9 @@ class HFModel:
     def __init__(self, path: str | None = None, name: str = "hf", dtype: str = "float32",
                  attn_implementation: str | None = None, trust_remote_code: bool = False, revision: str | None = None,
                  chat_template: str | None = None, eos_token: str | None = None, pad_token: str | None = None,
-                 **run_keys):
+                 date_string: str | None = None, **run_keys):
         _model_keys(name, run_keys, ["name", "path", "dtype", "attn_implementation", "trust_remote_code", "revision",
-                                     "chat_template", "eos_token", "pad_token"])
+                                     "chat_template", "eos_token", "pad_token", "date_string"])
         torch_dtype(dtype)
         check_attn(attn_implementation)
         if not path:
@@ -307,7 +360,7 @@ class HFModel:
         self.name, self.path, self.dtype, self.revision = name, str(path), dtype, revision
         self.attn, self.trust = attn_implementation, trust_remote_code
         self.tokenizer = {k: v for k, v in (("chat_template", chat_template), ("eos_token", eos_token),
-                                            ("pad_token", pad_token)) if v is not None}
+                                            ("pad_token", pad_token), ("date_string", date_string)) if v is not None}
         p = Path(self.path).expanduser()
         self.local = self.path.startswith((".", "/", "~")) or p.exists() or self.path.count("/") != 1
         if self.local and not (p / "config.json").exists():

@@ -374,7 +374,8 @@ def markdown(sweep_dir: Path, rows, params, metrics, axes, front, plots, baselin
         lines += ["", "`*` = on the Pareto front."]
     if groups:
         lines += ["", "## Grouped over seeds", "",
-                  "Mean over the jobs that differ only in `seed`, ± the half-width of its 95% Student-t interval "
+                  "Mean over the jobs that differ only in `seed` (the unlearning's seed: the jobs share the stages "
+                  "fine-tuned with `stage.seed`), ± the half-width of its 95% Student-t interval "
                   "(n-1 degrees of freedom; none for one seed)" + (f"; Pareto front on the means: "
                   f"{', '.join(group_front)}" if group_front else "") + ".", "",
                   "| group | seeds | n | " + " | ".join(metrics) + " |", "|" + "---|" * (len(metrics) + 3)]

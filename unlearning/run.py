@@ -283,7 +283,7 @@ def unlearn(ctx: RunContext, parts: Parts, model, tok, target: Path, ref_result:
         from unlearning.train import steps_per_epoch
 
         tracker = EvalDuringTraining(parts.evaluator, parts.unlearn, tok, data, ctx, ref_result, ctx.logger,
-                                     steps_per_epoch(parts.unlearn, len(data.forget), world_size()),
+                                     steps_per_epoch(parts.unlearn, len(data.forget)),
                                      replicated=world_size() > 1 and not parts.distributed.sharded)
     forget = [{**encode(tok, ex, ctx.max_length), "example": ex} for ex in data.forget]
     retain = [{**encode(tok, ex, ctx.max_length), "example": ex} for ex in data.retain] if data.retain else None
@@ -336,6 +336,13 @@ def objective_name(cfg: DictConfig, evaluator) -> str | None:
     return str(cfg.objective) if cfg.get("objective") else getattr(evaluator, "objective", None)
 
 
+def template_date(cfg) -> str:
+    """The date the chat template was given (`model.date_string`, else the pinned default): results.json records it."""
+    from unlearning.data.base import DATE_STRING
+
+    return str(OmegaConf.select(cfg, "model.date_string", default=None) or DATE_STRING)
+
+
 def make_record(cfg, ctx, parts, result, baselines, stages, overrides, t_start) -> dict:
     metrics = result["aggregates"]
     ctx.timings["total_s"] = time.perf_counter() - t_start
@@ -346,6 +353,7 @@ def make_record(cfg, ctx, parts, result, baselines, stages, overrides, t_start) 
         "metrics": metrics, "baselines": baselines,
         "objective": metrics.get(objective_name(cfg, parts.evaluator)),
         "training": parts.distributed.describe(parts.unlearn.batch_size, parts.unlearn.grad_accum),
+        "chat_template_date": template_date(cfg),
         "resumed_from": str(ctx.resume_from) if ctx.resume_from else None,
         **ctx.training_eval,  # "curve" and "selection" when trainer.eval_every is set
         "timings": ctx.timings, "stages": stages, "versions": versions(), "provenance": ctx.provenance,

@@ -18,7 +18,7 @@ from pathlib import Path
 from filelock import FileLock
 
 from unlearning.data.base import Example, encode
-from unlearning.distributed import broadcast, is_main, wait, world_size
+from unlearning.distributed import broadcast, is_main, wait
 from unlearning.hashing import examples_hash, short_hash, texts_hash
 from unlearning.methods.base import FineTune
 from unlearning.models import cache_root
@@ -32,14 +32,15 @@ def stage_key(kind: str, model_fingerprint: dict, corpus: list[str], examples: l
               settings: TrainSettings, max_length: int) -> dict:
     """Everything that determines a stage's weights; its hash names the cache folder."""
     finetune = {k: v for k, v in dataclasses.asdict(settings).items() if k not in NOT_IN_KEY}
-    # batch_size is per process: N processes fine-tune with an N times larger global batch, so other weights
+    # batch_size is the global batch: any number of processes and any accumulation split make the same weights
     return {"kind": kind, "model": model_fingerprint, "corpus": texts_hash(corpus), "data": examples_hash(examples),
-            "n_examples": len(examples), "finetune": finetune, "max_length": max_length, "processes": world_size()}
+            "n_examples": len(examples), "finetune": finetune, "max_length": max_length}
 
 
-# How it trains, not what it learns. A stage never evaluates during training: `eval_each_epoch` (added after stages
-# had been cached) stays out so those caches keep their keys; the older eval_* fields are in every key at defaults.
-NOT_IN_KEY = ("save_every", "log_every", "compile", "gradient_checkpointing", "eval_each_epoch")
+# How it trains, not what it learns (grad_accum: how the global batch is split, which changes no number). A stage
+# never evaluates during training: `eval_each_epoch` (added after stages had been cached) stays out so those caches
+# keep their keys; the older eval_* fields are in every key at defaults.
+NOT_IN_KEY = ("save_every", "log_every", "compile", "gradient_checkpointing", "eval_each_epoch", "grad_accum")
 
 
 def key_hash(key: dict) -> str:

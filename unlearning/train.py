@@ -1,10 +1,13 @@
 """One training loop for every method (and for building the fine-tuned stages).
 
 Forget-anchored epochs: each epoch walks the forget set once in a seeded shuffled
-order; when the method wants a retain batch, one is drawn per step from a seeded
-generator (offset by the data-parallel rank where there is one). Optimiser and
-schedule come from torch/transformers (`get_scheduler`; `cosine_with_min_lr` is the
-ORPO+CFG paper's cosine-with-floor); LoRA from peft; bf16 autocast is a switch.
+order, `batch_size` examples per optimiser step (the last step of an epoch takes what
+is left); when the method wants a retain batch, `retain_batch_size` examples are drawn
+per step from one seeded generator. Those are the global batch: the processes and the
+accumulation micro-batches split it, every mean a loss takes is over the whole of it
+(`Method.counts`), so the numbers do not depend on the layout. Optimiser and schedule
+come from torch/transformers (`get_scheduler`; `cosine_with_min_lr` is the ORPO+CFG
+paper's cosine-with-floor); LoRA from peft; bf16 autocast is a switch.
 """
 
 from __future__ import annotations
@@ -44,9 +47,9 @@ class TrainSettings:
     lr: float = 1e-5
     epochs: float = 1
     max_steps: int = -1
-    batch_size: int = 4
+    batch_size: int = 4                  # forget examples per optimiser step, all processes and micro-batches together
     retain_batch_size: int | None = None
-    grad_accum: int = 1
+    grad_accum: int = 1                  # micro-batches per process and step: memory, never the numbers
     warmup_ratio: float = 0.0
     weight_decay: float = 0.0
     scheduler: str = "linear"
@@ -203,15 +206,15 @@ def train(model, method, forget: list[dict], retain: list[dict] | None, settings
           device: str | None = None, checkpoints: Checkpoints | None = None, rebuild=None, on_step=None):
     """Optimise `method.loss` over forget-anchored epochs on accelerate; returns the trained model.
 
-    Every process of a distributed launch calls this (it is a collective): each takes its shard of every
-    global batch (per-device batch x processes), its own retain draws, and accelerate syncs the gradients.
+    Every process of a distributed launch calls this (it is a collective): every process draws the same global
+    batches, takes its micro-batches of each (`micro_batches`), and accelerate syncs the gradients.
     The model comes back unwrapped; under FSDP / ZeRO-3 the full weights are gathered into `rebuild()`
     on rank 0 (the other ranks get None: they only train).
     """
     from tqdm.auto import tqdm
     from transformers import get_scheduler
 
-    from unlearning.distributed import Distributed, ModelView, shard
+    from unlearning.distributed import Distributed, ModelView
 
     if not forget:
         raise UserError("the forget set is empty: nothing to train on (check the dataset's split and subset options)")
@@ -226,9 +229,8 @@ def train(model, method, forget: list[dict], retain: list[dict] | None, settings
     n, r = acc.num_processes, acc.process_index
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
-    global_batch = settings.batch_size * n
-    total = total_steps(settings, len(forget), n)
-    per_epoch = math.ceil(len(forget) / global_batch / settings.grad_accum)
+    check_layout(settings, n)
+    total = total_steps(settings, len(forget))
     scheduler = get_scheduler(settings.scheduler, optimizer, num_warmup_steps=int(settings.warmup_ratio * total),
                               num_training_steps=total, scheduler_specific_kwargs=dict(settings.scheduler_kwargs))
     # the scheduler stays unprepared: accelerate would step it once per process
@@ -237,53 +239,43 @@ def train(model, method, forget: list[dict], retain: list[dict] | None, settings
     if distributed.sharded and getattr(method, "reference", None) is not None:
         method.reference.shard(acc, distributed.effective)  # GradDiff-KL's frozen copy, sharded like the model
     view = ModelView(wrapped) if isinstance(wrapped, torch.nn.parallel.DistributedDataParallel) else wrapped
-    order_rng = random.Random(settings.seed)
-    retain_rng = random.Random(settings.seed * 1000003 + 7919 * (r + 1))
-    retain_bs = settings.retain_batch_size or settings.batch_size
     use_retain = bool(method.needs_retain and retain)
-
-    def forget_batches():
-        while True:
-            order = list(range(len(forget)))
-            order_rng.shuffle(order)
-            for i in range(0, len(order), global_batch):
-                yield [forget[j] for j in shard(order[i : i + global_batch], n, r)]
-
-    def retain_batch():
-        return retain_rng.sample(retain, min(retain_bs, len(retain)))
-
-    batches = forget_batches()
+    steps = global_batches(forget, retain if use_retain else None, settings)
     gathered: dict = {}  # FSDP / ZeRO-3: rank 0's full copy for the evaluations during training
     stateful = {"method": method, "on_step": on_step}  # what carries state between steps (PDU's dual variable, ...)
     first = resume(acc, checkpoints, total, desc, stateful) if checkpoints and checkpoints.resume_from else 0
-    for _ in range(first * settings.grad_accum):  # the data position: replay the seeded draws, no compute
-        next(batches)
-        if use_retain:
-            retain_batch()
+    for _ in range(first):  # the data position: replay the seeded draws, no compute
+        next(steps)
     wrapped.train()
     t0 = time.perf_counter()
     bar = tqdm(range(first, total), desc=desc, leave=False, disable=not acc.is_main_process)
     for step in bar:
+        epoch, forget_items, retain_items = next(steps)
         logs_acc: dict = {}
-        for _ in range(settings.grad_accum):
+        # the state the step's loss used (PDU's lambda), logged beside its terms
+        state = {k: float(v) for k, v in method.state_dict().items()} if hasattr(method, "state_dict") else {}
+        for batch, weight in micro_batches(method, forget_items, retain_items, pad_id, n, r, settings.grad_accum):
             with acc.accumulate(wrapped):
-                batch = {"forget": _to(collate(next(batches), pad_id), acc.device)}
-                if use_retain:
-                    batch["retain"] = _to(collate(retain_batch(), pad_id), acc.device)
+                batch = {side: _to(b, acc.device) for side, b in batch.items()}
                 with precision(view, settings.bf16):
                     loss, logs = method.loss(view, batch)
-                terms = _mean_over_ranks(acc, {"loss": loss.item(), **{k: float(v) for k, v in logs.items()}})
-                check_finite(step + 1, terms)
-                acc.backward(loss)
+                # each micro-batch's terms are its part of the global batch's: they add up over micro-batches
+                # and processes; a stand-in micro-batch (weight 0) adds nothing
+                terms = _sum_over_ranks(acc, {k: weight * float(v) for k, v in {"loss": loss, **logs}.items()})
+                for k, v in terms.items():
+                    logs_acc[k] = logs_acc.get(k, 0.0) + v
+                check_finite(step + 1, logs_acc)
+                # DDP / FSDP / ZeRO average the processes' gradients and accelerate divides by the accumulation
+                # steps: scaled back, the gradient is the global batch's loss's
+                acc.backward(loss * (weight * n * settings.grad_accum))
                 if acc.sync_gradients and settings.max_grad_norm:
                     acc.clip_grad_norm_(wrapped.parameters(), settings.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-            for k, v in terms.items():
-                logs_acc[k] = logs_acc.get(k, 0.0) + v / settings.grad_accum
         scheduler.step()
+        logs_acc.update(state)
         if hasattr(method, "after_step"):  # between steps: e.g. PDU's dual ascent, on terms every process shares
-            method.after_step(step + 1, step // per_epoch, logs_acc)
+            method.after_step(step + 1, epoch, logs_acc)
         logs_acc["lr"] = scheduler.get_last_lr()[0]
         bar.set_postfix(loss=f"{logs_acc['loss']:.3f}")
         if logger is not None and ((step + 1) % settings.log_every == 0 or step + 1 == total):
@@ -303,17 +295,81 @@ def train(model, method, forget: list[dict], retain: list[dict] | None, settings
     return finish(acc, wrapped, distributed, settings, rebuild)
 
 
-def steps_per_epoch(settings: TrainSettings, n_forget: int, processes: int = 1) -> int:
-    """Optimiser steps in one pass over the forget set with the global batch."""
-    return math.ceil(n_forget / (settings.batch_size * processes) / settings.grad_accum)
+def steps_per_epoch(settings: TrainSettings, n_forget: int) -> int:
+    """Optimiser steps in one pass over the forget set: one per `batch_size` examples, the last one shorter."""
+    return math.ceil(n_forget / settings.batch_size)
 
 
-def total_steps(settings: TrainSettings, n_forget: int, processes: int = 1) -> int:
-    """Optimiser steps of a run: forget-anchored epochs of the global batch, capped by max_steps."""
-    total = math.ceil(settings.epochs * steps_per_epoch(settings, n_forget, processes))
+def total_steps(settings: TrainSettings, n_forget: int) -> int:
+    """Optimiser steps of a run: forget-anchored epochs of the global batch, capped by max_steps (a fractional
+    epoch count rounds up to whole steps)."""
+    total = math.ceil(settings.epochs * steps_per_epoch(settings, n_forget))
     if settings.max_steps > 0:
         total = min(total, settings.max_steps) if settings.epochs > 0 else settings.max_steps
     return max(total, 1)
+
+
+def check_layout(settings: TrainSettings, processes: int, where: str = "trainer") -> None:
+    """The global batches split evenly into `processes` x `grad_accum` micro-batches (one line if not)."""
+    parts = processes * settings.grad_accum
+    for key in ("batch_size", "retain_batch_size"):
+        value = getattr(settings, key)
+        if value is not None and value % parts:
+            raise UserError(f"{where}.{key}={value} is the batch of one optimiser step, which {processes} process(es) "
+                            f"x {where}.grad_accum={settings.grad_accum} micro-batches do not divide: use a multiple of "
+                            f"{parts}, or another grad_accum"
+                            + (" (`+model.finetune.grad_accum=N`)" if where == "model.finetune" else ""))
+
+
+def global_batches(forget: list[dict], retain: list[dict] | None, settings: TrainSettings):
+    """(epoch, forget examples, retain examples) of each optimiser step, the same in every process: each epoch
+    walks the forget set once in a seeded order, `batch_size` at a time (the last step takes what is left); the
+    retain examples are drawn for each step from one seeded generator."""
+    order_rng = random.Random(settings.seed)
+    retain_rng = random.Random(settings.seed * 1000003 + 7919)
+    retain_bs = settings.retain_batch_size or settings.batch_size
+    epoch = 0
+    while True:
+        order = list(range(len(forget)))
+        order_rng.shuffle(order)
+        for i in range(0, len(order), settings.batch_size):
+            drawn = retain_rng.sample(retain, min(retain_bs, len(retain))) if retain else None
+            yield epoch, [forget[j] for j in order[i : i + settings.batch_size]], drawn
+        epoch += 1
+
+
+def split(items: list, parts: int) -> list[list]:
+    """`items` in `parts` contiguous runs whose sizes differ by at most one (the first ones longer)."""
+    size, extra = divmod(len(items), parts)
+    out, start = [], 0
+    for i in range(parts):
+        end = start + size + (i < extra)
+        out.append(items[start:end])
+        start = end
+    return out
+
+
+def micro_batches(method, forget_items: list[dict], retain_items: list[dict] | None, pad_id: int, processes: int,
+                  rank: int, grad_accum: int):
+    """This process's `grad_accum` micro-batches of one global batch, each as (batch, weight).
+
+    Micro-batch m of process r is part r * grad_accum + m of each side's examples; every part is padded to the
+    global batch's width and carries the global batch's counts, so that the means the loss takes are the global
+    batch's. A short last step of an epoch may leave a process fewer parts than micro-batches: it then repeats its
+    first part (or the step's) with weight 0, so that every process still joins every gradient sync."""
+    sides = {"forget": forget_items, **({"retain": retain_items} if retain_items else {})}
+    whole = {side: collate(items, pad_id) for side, items in sides.items()}
+    widths = {side: {k: v.shape[1] for k, v in b.items() if k.endswith(("input_ids", "labels"))}
+              for side, b in whole.items()}
+    counts = {side: method.counts(b) for side, b in whole.items()}
+    used = min(processes * grad_accum, *(len(items) for items in sides.values()))
+    parts = {side: split(items, used) + [[]] * (processes * grad_accum - used) for side, items in sides.items()}
+    for m in range(grad_accum):
+        i = rank * grad_accum + m
+        weight = 1.0 if i < used else 0.0
+        batch = {side: {**collate(p[i] or p[0], pad_id, widths=widths[side]), "counts": counts[side]}
+                 for side, p in parts.items()}
+        yield batch, weight
 
 
 def speed_switches(model, settings: TrainSettings, device: str) -> None:
@@ -363,12 +419,12 @@ def finish(acc, wrapped, distributed, settings: TrainSettings, rebuild):
     return model
 
 
-def _mean_over_ranks(acc, terms: dict) -> dict:
-    """The loss terms averaged over processes (the number a single process with the global batch logs)."""
+def _sum_over_ranks(acc, terms: dict) -> dict:
+    """The processes' parts of the loss terms added up."""
     if acc.num_processes == 1:
         return terms
     keys = sorted(terms)
-    t = acc.reduce(torch.tensor([terms[k] for k in keys], dtype=torch.float64, device=acc.device), "mean")
+    t = acc.reduce(torch.tensor([terms[k] for k in keys], dtype=torch.float64, device=acc.device), "sum")
     return dict(zip(keys, t.tolist()))
 
 

@@ -52,16 +52,16 @@ def validate(cfg: DictConfig, evaluation_only: bool = False) -> Parts:
     resolve_auto(cfg, device_kind(cfg.get("device", "auto")))  # `bf16: auto` -> true on a bf16 GPU, false elsewhere
     for group in GROUPS:
         check_keys_and_types(group, cfg[group], (cfg.get("choices") or {}).get(group))
-    for name, node in (cfg.get("attacks") or {}).items():
+    for name, node in picked_attacks(cfg).items():
         check_keys_and_types(f"attacks.{name}", node, str(name), conf=f"conf/attack/{name}.yaml")
     check_top_level(cfg)
     data, spec, method, evaluator = (build(cfg[g]) for g in ("dataset", "model", "method", "evaluator"))
     check_lengths(cfg, getattr(spec, "max_positions", lambda: None)())
     evaluator = with_lm_eval(cfg, evaluator)
     logger = build(cfg.logger)
-    attacks = {str(name): build(node) for name, node in (cfg.get("attacks") or {}).items()}
+    attacks = {str(name): build(node) for name, node in picked_attacks(cfg).items()}
     unlearn = TrainSettings.from_cfg(cfg.trainer)
-    finetune = TrainSettings.from_cfg({"seed": cfg.seed, **OmegaConf.to_container(cfg.model.finetune, resolve=True)},
+    finetune = TrainSettings.from_cfg({"seed": stage_seed(cfg), **OmegaConf.to_container(cfg.model.finetune, resolve=True)},
                                       where="model.finetune")
     check_steps(unlearn, len(data.forget), "trainer")
     if data.target_train:  # empty: the dataset's target is the model as it is (WMDP), nothing to fine-tune
@@ -77,6 +77,7 @@ def validate(cfg: DictConfig, evaluation_only: bool = False) -> Parts:
     check_subtraction(cfg)
     check_stage_paths(cfg)
     check_method_on_model(cfg, method, spec)  # after the stage paths: a hub-id target is a folder by now
+    check_lora_targets(unlearn.lora, spec, cfg.stage.get("target_path"))  # peft would fail after the stages
     check_precision(cfg)
     for attack in attacks.values():
         if hasattr(attack, "check"):
@@ -84,8 +85,16 @@ def validate(cfg: DictConfig, evaluation_only: bool = False) -> Parts:
     distributed = build(cfg.distributed)
     check_distributed(cfg, distributed, method, attacks)
     check_processes(cfg, distributed)
+    check_layout(cfg, distributed, unlearn, finetune, bool(data.target_train))
     check_resume(cfg)
     return Parts(data, spec, method, evaluator, logger, unlearn, finetune, attacks, distributed)
+
+
+def picked_attacks(cfg: DictConfig) -> dict:
+    """The attacks the `attack` group picked: a preset's settings for attacks a run's `attack=[...]` left out (a node
+    without `_target_`, e.g. `attacks.relearn.measure` after `attack=[quant8]`) are not attacks to run."""
+    return {str(name): node for name, node in (cfg.get("attacks") or {}).items()
+            if not isinstance(node, DictConfig) or "_target_" in node}
 
 
 def with_lm_eval(cfg: DictConfig, evaluator):
@@ -105,11 +114,10 @@ def check_eval_during_training(cfg: DictConfig, unlearn, evaluator, data) -> Non
     """trainer.eval_every / eval / select: an interval the run reaches, options and a metric the evaluator has."""
     if not unlearn.evaluates_during():
         return
-    from unlearning.distributed import world_size
     from unlearning.selection import parse_select, parse_stop, subset
     from unlearning.train import total_steps
 
-    total = total_steps(unlearn, len(data.forget), world_size())
+    total = total_steps(unlearn, len(data.forget))
     if unlearn.eval_every and unlearn.eval_every > total:
         raise UserError(f"trainer.eval_every={unlearn.eval_every} is larger than the run ({total} optimiser steps); "
                         f"use 1..{total} (the last step is always evaluated)")
@@ -142,8 +150,54 @@ def check_method_on_model(cfg: DictConfig, method, spec) -> None:
         method.check_depth(depth)
 
 
+def stage_seed(cfg: DictConfig) -> int:
+    """The seed of the stage fine-tunes (`stage.seed`), one line if it is not an integer in numpy's range."""
+    value = OmegaConf.select(cfg, "stage.seed", default=0)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**32:
+        raise UserError(f"stage.seed={value!r} must be an integer in [0, 2**32) (the target's and the retain "
+                        "reference's fine-tunes; conf/config.yaml)")
+    return value
+
+
+def check_layout(cfg: DictConfig, distributed, unlearn, finetune, has_target_train: bool) -> None:
+    """The global batches (trainer / model.finetune batch sizes) split evenly over this launch's processes (or, on
+    the host that submits a slurm_multigpu sweep, over the processes each job will start) x grad_accum."""
+    from unlearning.distributed import world_size
+    from unlearning.train import check_layout as split_evenly
+
+    n = world_size()
+    if n == 1 and (cfg.get("choices") or {}).get("hydra/launcher") == "slurm_multigpu":
+        n = int(distributed.processes)
+    split_evenly(unlearn, n, "trainer")
+    if has_target_train:
+        split_evenly(finetune, n, "model.finetune")
+
+
+def check_lora_targets(lora, spec, target: str | None) -> None:
+    """trainer.lora.target_modules against the model's own module names (from its config: no weights), as peft
+    matches them: a list entry names a module or the end of a dotted name, a string is a regex on whole names."""
+    import re
+
+    if not lora.enabled or lora.target_modules == "all-linear":
+        return
+    from unlearning.models import module_names
+
+    names = module_names(spec, target)
+    if not names:
+        return
+    given = lora.target_modules
+    if isinstance(given, str):
+        missing = [] if any(re.fullmatch(given, n) for n in names) else [given]
+    else:
+        missing = [t for t in given if not any(n == str(t) or n.endswith("." + str(t)) for n in names)]
+    if missing:
+        leaves = ", ".join(dict.fromkeys(n.rsplit(".", 1)[-1] for n in names))
+        raise UserError(f"trainer.lora.target_modules: {', '.join(map(str, missing))} matches no linear or embedding "
+                        f"module of this model; it has {leaves} (or use all-linear)")
+
+
 def check_distributed(cfg: DictConfig, distributed, method, attacks: dict) -> None:
-    """What cannot run under this launch: a strategy without its launcher or library, RMU under DDP."""
+    """What cannot run under this launch: a strategy without its launcher or library, attacks on sharded weights."""
     from unlearning.distributed import world_size
 
     # a slurm_multigpu sweep is validated on the submitting host (one process, maybe no GPU); each job checks again
@@ -151,9 +205,6 @@ def check_distributed(cfg: DictConfig, distributed, method, attacks: dict) -> No
     distributed.check(submitting=submitting)
     if distributed.effective == "single":
         return
-    if getattr(method, "name", "") == "rmu":
-        raise UserError("method=rmu stops the forward pass at its layer, which DDP/FSDP cannot synchronise; "
-                        "run RMU in one process (distributed=auto without torchrun)")
     if distributed.sharded and attacks:
         raise UserError(f"attacks under distributed.strategy={distributed.effective}: the attacks need the whole "
                         "model in every process; run them with ddp, or on the saved model in one process")
@@ -205,6 +256,8 @@ def _signature(target: str):
         obj = getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError, ValueError):
         raise UserError(f"_target_={target!r} cannot be imported; check the module and name") from None
+    if inspect.isclass(obj) and obj.__init__ is object.__init__:  # no constructor of its own (GA): no options
+        return inspect.Signature()
     return inspect.signature(obj.__init__ if inspect.isclass(obj) else obj)
 
 
@@ -222,7 +275,7 @@ def check_keys_and_types(group: str, node: DictConfig, choice: str | None = None
     if not takes_any or group in ("evaluator", "logger", "model"):
         unknown = sorted(k for k in given if k not in params)
         # a constructor that forwards **kwargs to a parent (ORPOCFG -> ORPO) is checked by the parent itself
-        if unknown and params:
+        if unknown and (params or not takes_any):  # a constructor with no options at all (GA) takes none
             raise UserError(f"unknown option(s) {unknown} for {group}={name}; known: {sorted(params)} "
                             f"(see conf/{group}/{name}.yaml)")
     for key in given:
@@ -447,7 +500,7 @@ def hub_stage(cfg: DictConfig, key: str, repo: str):
         why = "the hub is offline (HF_HUB_OFFLINE=1) and it is not in the local Hugging Face cache" if offline else \
             f"it could not be downloaded ({type(e).__name__})"
         raise UserError(f"{key}={repo} is a hub id, but {why}; download it where the hub is reachable "
-                        f"(`huggingface-cli download {repo}`), or give a local folder") from None
+                        f"(`hf download {repo}`), or give a local folder") from None
     with open_dict(cfg):
         OmegaConf.update(cfg, key, str(folder), merge=False)
         OmegaConf.update(cfg, f"stage.hub.{kind}", {"id": repo, "revision": folder.name}, merge=False)

@@ -45,6 +45,11 @@ class Relearn:
                             f"has {len(data.forget)} examples{' (chunks)' if data.extra.get('chunk_length') else ''}; "
                             "hold out fewer")
         check_measure("relearn", self.measure, evaluator)
+        from unlearning.distributed import world_size
+
+        if self.batch_size % world_size():
+            raise UserError(f"attacks.relearn.batch_size={self.batch_size} is the batch of one step, which this "
+                            f"launch's {world_size()} processes do not divide: use a multiple of {world_size()}")
 
     def held_out(self, data) -> list:
         return random.Random(self.seed).sample(list(data.forget), self.examples)

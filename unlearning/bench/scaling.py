@@ -64,7 +64,7 @@ def worker(args) -> dict | None:
     total = args.warmup + args.steps
     forget = tofu_items(tok, tofu / "forget10.json", args.global_batch * total, args.seq_len)
     clock = StepClock()
-    settings = TrainSettings(lr=1e-5, epochs=1, max_steps=total, batch_size=args.global_batch // n)
+    settings = TrainSettings(lr=1e-5, epochs=1, max_steps=total, batch_size=args.global_batch)  # the global batch
     train(model, GradientAscent(), forget, None, settings, tok.pad_token_id, logger=clock, desc="bench",
           device=args.device)
     step_s = broadcast((clock.times[-1] - clock.times[args.warmup]) / args.steps)

@@ -34,12 +34,23 @@ def chat(question: str, answer: str, id: str = "", system: str | None = None, **
     return Example(answer=answer, messages=messages, id=id, meta=meta)
 
 
-def prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
-    """Token ids of a chat prompt ending with the assistant header (generation prompt)."""
-    out = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+# Llama-3.x templates write "Today Date: <date>" into the system turn, today's unless `date_string` is given: pinned,
+# so that a config scores the same on any day (OpenUnlearning's Llama-3.2 preset pins this value). `model.date_string`.
+DATE_STRING = "10 Apr 2025"
+
+
+def chat_template_ids(tokenizer, messages: list[dict], add_generation_prompt: bool) -> list[int]:
+    """The chat template's token ids for `messages`, with the tokenizer's pinned date (`model.date_string`)."""
+    out = tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=True,
+                                        date_string=getattr(tokenizer, "date_string", DATE_STRING))
     if isinstance(out, dict) or hasattr(out, "keys"):  # transformers >= 5 returns a BatchEncoding
         out = out["input_ids"]
     return list(out)
+
+
+def prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
+    """Token ids of a chat prompt ending with the assistant header (generation prompt)."""
+    return chat_template_ids(tokenizer, messages, add_generation_prompt=True)
 
 
 def encode(tokenizer, ex: Example, max_length: int = 512, answer: str | None = None,
@@ -69,8 +80,9 @@ def _pad_value(key: str, pad_id: int):
     return pad_id
 
 
-def collate(items: list[dict], pad_id: int, padding_side: str = "right") -> dict:
-    """Pad every `*input_ids` / `*labels` field; add `*attention_mask` for each ids field.
+def collate(items: list[dict], pad_id: int, padding_side: str = "right", widths: dict | None = None) -> dict:
+    """Pad every `*input_ids` / `*labels` field (to `widths[key]` where given, else the longest); add
+    `*attention_mask` for each ids field.
 
     Numbers become tensors; anything else (Example objects, strings) stays a list.
     """
@@ -78,7 +90,7 @@ def collate(items: list[dict], pad_id: int, padding_side: str = "right") -> dict
     for key in items[0]:
         values = [it[key] for it in items]
         if isinstance(values[0], (list, tuple)) and (key.endswith("input_ids") or key.endswith("labels")):
-            width = max(len(v) for v in values)
+            width = max(len(v) for v in values) if widths is None else widths[key]
             pv = _pad_value(key, pad_id)
             rows = []
             for v in values:

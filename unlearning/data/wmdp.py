@@ -2,8 +2,10 @@
 biosecurity and cybersecurity corpora, keep general text; measured with lm-eval's wmdp_bio / wmdp_cyber and MMLU.
 
 Files as WMDP's own code reads them (its `rmu/utils.py:get_data`): `<name>.jsonl` in `dataset.path` or
-`$UNLEARNING_DATA_DIR/wmdp`, one document per line (a JSON object's `text`, a JSON string, or the raw line), kept
-when longer than `min_len` characters and cut at `max_len` characters; `wikitext` is WikiText-2's test split (a
+`$UNLEARNING_DATA_DIR/wmdp`, one document per line (a JSON object's `text`, a JSON string, or the raw line). Kept
+when longer than `min_len` characters and cut at `max_len` characters: this project's defaults (50, 2,000), not
+WMDP's, whose `get_data` keeps every document (min 0, no character cut) and whose `unlearn.py` truncates at
+tokenization, 512 tokens for bio and 768 for cyber; `wikitext` is WikiText-2's test split (a
 local `wikitext.jsonl`, else the hub's `wikitext`/`wikitext-2-raw-v1`). Without a local file a corpus comes from the
 hub (`cais/wmdp-corpora`, whose configs are the file names; the bio forget corpus is the gated
 `cais/wmdp-bio-forget-corpus`). There is no fine-tuned target: the model as it is holds the hazardous knowledge,

@@ -18,7 +18,7 @@ The differences from this project's own scoring, all OpenUnlearning's choices:
 
 from __future__ import annotations
 
-from unlearning.data.base import IGNORE
+from unlearning.data.base import IGNORE, chat_template_ids
 
 NAME = "openunlearning"
 COMPAT = (None, NAME)
@@ -59,13 +59,13 @@ def _ids(out) -> list[int]:
 
 
 def prompt_ids(tok, messages: list[dict], system: str = SYSTEM_PROMPT) -> list[int]:
-    return _ids(tok.apply_chat_template(conversation(messages, system), tokenize=True, add_generation_prompt=True))
+    return chat_template_ids(tok, conversation(messages, system), add_generation_prompt=True)
 
 
 def encode(tok, messages: list[dict], answer: str, system: str = SYSTEM_PROMPT) -> dict:
     """OpenUnlearning's `preprocess_chat_instance`: the templated conversation + EOS, labels after the prompt."""
     chat = conversation(messages, system) + [{"role": "assistant", "content": answer}]
-    ids = _ids(tok.apply_chat_template(chat, tokenize=True, add_generation_prompt=False))
+    ids = chat_template_ids(tok, chat, add_generation_prompt=False)
     if ids[-1] != tok.eos_token_id:
         ids.append(tok.eos_token_id)
     n = len(prompt_ids(tok, messages, system))

@@ -9,19 +9,23 @@ import torch
 import torch.nn.functional as F
 
 from unlearning.data.base import IGNORE
-from unlearning.methods.base import Method, reject_unknown
+from unlearning.methods.base import Method, count, reject_unknown
 
 
-def ceu_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_first: int = 1) -> torch.Tensor:
+def scored_labels(labels: torch.Tensor, ignore_first: int) -> torch.Tensor:
+    """The labels CE-U scores: each answer without its first `ignore_first` tokens."""
+    answer = labels != IGNORE
+    return labels.masked_fill((answer.cumsum(-1) <= ignore_first) & answer, IGNORE)
+
+
+def ceu_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_first: int = 1, batch: dict | None = None) -> torch.Tensor:
     """OpenUnlearning's compute_batch_ceu: mean over the answer tokens after the first `ignore_first` of
     CE(logits, softmax(logits.detach() with the label's logit at -inf))."""
-    answer = labels != IGNORE
-    labels = labels.masked_fill((answer.cumsum(-1) <= ignore_first) & answer, IGNORE)
-    logits, labels = logits[:, :-1], labels[:, 1:]
+    logits, labels = logits[:, :-1], scored_labels(labels, ignore_first)[:, 1:]
     valid = labels != IGNORE
     x, y = logits[valid].float(), labels[valid]
     target = x.detach().clone().scatter_(-1, y.unsqueeze(-1), float("-inf")).softmax(-1)
-    return F.cross_entropy(x, target)
+    return F.cross_entropy(x, target, reduction="sum") / max(count(batch or {}, "ceu_targets", int(valid.sum())), 1)
 
 
 class CEU(Method):
@@ -36,8 +40,12 @@ class CEU(Method):
             raise UserError(f"method.ignore_first_n_answer_tokens={n!r} must be a whole number >= 0")
         self.ignore_first = n
 
+    def counts(self, batch):
+        return {**super().counts(batch),
+                "ceu_targets": int((scored_labels(batch["labels"], self.ignore_first)[:, 1:] != IGNORE).sum())}
+
     def loss(self, model, batch):
         f = batch["forget"]
         loss = ceu_loss(model(input_ids=f["input_ids"], attention_mask=f["attention_mask"]).logits, f["labels"],
-                        self.ignore_first)
+                        self.ignore_first, f)
         return loss, {"forget_ceu": loss.item()}

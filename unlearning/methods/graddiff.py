@@ -6,28 +6,28 @@ import torch.nn.functional as F
 
 from unlearning.data.base import IGNORE
 from unlearning.errors import UserError
-from unlearning.methods.base import Method, nll, reject_unknown, require_coefficients
+from unlearning.methods.base import Method, count, nll, reject_unknown, require_coefficients
 from unlearning.methods.reference import Reference
 
 RETAIN_LOSSES = ("nll", "kl", "kl_answers")
 
 
-def retain_kl_ou(logits, ref_logits):
+def retain_kl_ou(logits, ref_logits, batch: dict | None = None):
     """KL(p_ref || p_theta) summed over the vocabulary, averaged over every position of the batch (prompt and padding
     included): OpenUnlearning's compute_kl_divergence (src/trainer/utils.py), from the TOFU code it descends from."""
     v = logits.shape[-1]
     lp = F.log_softmax(logits.float(), -1).reshape(-1, v)
     ref = F.log_softmax(ref_logits.float(), -1).reshape(-1, v)
-    return F.kl_div(lp, ref, reduction="batchmean", log_target=True)
+    return F.kl_div(lp, ref, reduction="sum", log_target=True) / count(batch or {}, "positions", lp.shape[0])
 
 
-def retain_kl(logits, ref_logits, labels):
+def retain_kl(logits, ref_logits, labels, batch: dict | None = None):
     """Mean over labelled retain tokens of KL(p_theta || p_ref) over the vocabulary (padding masked): `kl_answers`."""
     mask = labels[:, 1:] != IGNORE
     lp = F.log_softmax(logits[:, :-1].float(), -1)[mask]
     ref = F.log_softmax(ref_logits[:, :-1].float(), -1)[mask]
     # kl_div(input=log q, target=log p, log_target) = sum p (log p - log q): p = model, q = ref.
-    return F.kl_div(ref, lp, reduction="sum", log_target=True) / mask.sum().clamp(min=1)
+    return F.kl_div(ref, lp, reduction="sum", log_target=True) / max(count(batch or {}, "targets", int(mask.sum())), 1)
 
 
 class GradDiff(Method):
@@ -61,8 +61,8 @@ class GradDiff(Method):
             logits = model(input_ids=r["input_ids"], attention_mask=r["attention_mask"]).logits
             with self.reference(model) as ref:
                 ref_logits = ref(input_ids=r["input_ids"], attention_mask=r["attention_mask"]).logits
-            term = (retain_kl_ou(logits, ref_logits) if self.retain_loss == "kl"
-                    else retain_kl(logits, ref_logits, r["labels"]))
+            term = (retain_kl_ou(logits, ref_logits, r) if self.retain_loss == "kl"
+                    else retain_kl(logits, ref_logits, r["labels"], r))
             loss = loss + self.retain_weight * term
             logs["retain_kl"] = term.item()
         return loss, logs

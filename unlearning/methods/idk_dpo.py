@@ -1,6 +1,8 @@
 """IdkDPO: DPO that prefers a refusal ("I don't know") over the forget answer, + retain NLL.
 
-Chosen = a refusal drawn (seeded) per forget example, rejected = the forget answer.
+Chosen = a refusal drawn (seeded) per forget example, rejected = the forget answer. OpenUnlearning draws a new
+refusal each time an item is loaded (`QAwithIdkDataset`, the global RNG); here one per item, before training, on
+purpose: a draw per load depends on the data order, the process count and the accumulation split.
 The reference log-probs of both are computed once in `prepare` (one model in memory).
 TRL's DPO loss lives inside `DPOTrainer._compute_loss` (it needs a Trainer instance and
 its own batch layout), so it cannot be called from the shared loop; the formula is the
@@ -22,14 +24,14 @@ import torch.nn.functional as F
 
 from unlearning.data.base import IGNORE, encode
 from unlearning.errors import UserError
-from unlearning.methods.base import Method, reject_unknown, require_coefficients, require_positive, sequence_logp
+from unlearning.methods.base import Method, reject_unknown, require_coefficients, require_positive, rows_mean, sequence_logp
 from unlearning.methods.reference import attach_ref_logps, train_bf16
 
 
-def dpo_loss(chosen, ref_chosen, rejected, ref_rejected, beta: float):
+def dpo_loss(chosen, ref_chosen, rejected, ref_rejected, beta: float, batch: dict | None = None):
     # DPO (Rafailov et al. 2023), scaled 2/beta as in NPO's IdkDPO baseline:
     # -(2/beta) * mean log sigmoid(beta * ((lp - lp_ref)(chosen) - (lp - lp_ref)(rejected))).
-    return -(2.0 / beta) * F.logsigmoid(beta * ((chosen - ref_chosen) - (rejected - ref_rejected))).mean()
+    return -(2.0 / beta) * rows_mean(F.logsigmoid(beta * ((chosen - ref_chosen) - (rejected - ref_rejected))), batch or {})
 
 
 def load_refusals(path: str | Path) -> list[str]:
@@ -145,7 +147,7 @@ class IdkDPO(Method):
             chosen, _ = sequence_logp(model, f, "chosen_")
         else:
             rejected, chosen = shared
-        forget = dpo_loss(chosen, f["chosen_ref_logp"], rejected, f["ref_logp"], self.beta)
+        forget = dpo_loss(chosen, f["chosen_ref_logp"], rejected, f["ref_logp"], self.beta, f)
         loss = self.forget_weight * forget
-        logs = {"forget_dpo": forget.item(), "rejected_logratio": (rejected - f["ref_logp"]).mean().item()}
+        logs = {"forget_dpo": forget.item(), "rejected_logratio": rows_mean(rejected - f["ref_logp"], f).item()}
         return self.with_retain_nll(model, batch, loss, logs)

@@ -7,6 +7,10 @@ KL sums over the vocabulary and averages over every position of the retain batch
 the mismatched answers are drawn once per forget question before training (the code draws K per batch and shares
 them across its questions), from the run's retain answers (the code: TruthfulQA's), and only their answer tokens
 are scored (the code's start index counts a BatchEncoding's keys, not its tokens, so it also scores the question).
+Two more differences, documented: the code divides each sequence's summed NLL by its answer length + 1
+positions, this project by its labelled tokens, which include the appended EOS; and the code's normal-data term is
+cross-entropy against the reference's distribution (KL + the reference's entropy, a constant), logged here as the KL
+itself (`normal_kl`): the same gradient, a logged value lower by the reference's entropy.
 OpenUnlearning has no LLMU.
 """
 
@@ -18,7 +22,7 @@ import torch
 
 from unlearning.data.base import encode
 from unlearning.errors import UserError
-from unlearning.methods.base import Method, reject_unknown, require_coefficients, token_logps
+from unlearning.methods.base import Method, reject_unknown, require_coefficients, rows_mean, token_logps
 from unlearning.methods.graddiff import retain_kl_ou
 from unlearning.methods.reference import Reference
 
@@ -27,7 +31,7 @@ def answer_mean_nll(model, batch: dict, prefix: str = "") -> torch.Tensor:
     """Mean over sequences of each sequence's mean answer-token NLL (llm_unlearn's utils.get_answer_loss)."""
     out = model(input_ids=batch[prefix + "input_ids"], attention_mask=batch[prefix + "attention_mask"])
     lp, mask = token_logps(out.logits, batch[prefix + "labels"])
-    return (-(lp.sum(-1)) / mask.sum(-1).clamp(min=1)).mean()
+    return rows_mean(-(lp.sum(-1)) / mask.sum(-1).clamp(min=1), batch, prefix)
 
 
 class LLMU(Method):
@@ -76,7 +80,7 @@ class LLMU(Method):
             logits = model(input_ids=r["input_ids"], attention_mask=r["attention_mask"]).logits
             with self.reference(model) as ref:
                 ref_logits = ref(input_ids=r["input_ids"], attention_mask=r["attention_mask"]).logits
-            kl = retain_kl_ou(logits, ref_logits)
+            kl = retain_kl_ou(logits, ref_logits, r)
             loss = loss + self.normal_weight * kl
             logs["normal_kl"] = kl.item()
         return loss, logs

@@ -5,13 +5,13 @@ from __future__ import annotations
 import torch.nn.functional as F
 
 from unlearning.errors import UserError
-from unlearning.methods.base import Method, reject_unknown, require_coefficients, require_positive, sequence_logp
+from unlearning.methods.base import Method, reject_unknown, require_coefficients, require_positive, rows_mean, sequence_logp
 from unlearning.methods.reference import attach_ref_logps, train_bf16
 
 
-def npo_loss(logp, ref_logp, beta: float):
+def npo_loss(logp, ref_logp, beta: float, batch: dict | None = None):
     # NPO (Zhang et al. 2024, eq. 3): -(2/beta) * mean log sigmoid(-beta * (log p_theta - log p_ref)).
-    return -(2.0 / beta) * F.logsigmoid(-beta * (logp - ref_logp)).mean()
+    return -(2.0 / beta) * rows_mean(F.logsigmoid(-beta * (logp - ref_logp)), batch or {})
 
 
 class NPO(Method):
@@ -36,7 +36,7 @@ class NPO(Method):
     def loss(self, model, batch):
         f = batch["forget"]
         logp, _ = sequence_logp(model, f)
-        forget = npo_loss(logp, f["ref_logp"], self.beta)
+        forget = npo_loss(logp, f["ref_logp"], self.beta, f)
         loss = self.forget_weight * forget
-        logs = {"forget_npo": forget.item(), "forget_logratio": (logp - f["ref_logp"]).mean().item()}
+        logs = {"forget_npo": forget.item(), "forget_logratio": rows_mean(logp - f["ref_logp"], f).item()}
         return self.with_retain_nll(model, batch, loss, logs)

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from unlearning.data.base import IGNORE, encode
 from unlearning.errors import UserError
-from unlearning.methods.base import Method, reject_unknown, require_positive
+from unlearning.methods.base import Method, count, reject_unknown, require_positive, rows_mean, share
 
 
 def _trl_orpo():
@@ -98,13 +98,15 @@ class ORPO(Method):
         labels = torch.cat([_pad_to(f["chosen_labels"], width, IGNORE), _pad_to(f["rejected_labels"], width, IGNORE)])
         logits = model(input_ids=ids, attention_mask=mask).logits.float()
         chosen_nll = F.cross_entropy(logits[:n, :-1].reshape(-1, logits.size(-1)), labels[:n, 1:].reshape(-1),
-                                     ignore_index=IGNORE)
+                                     ignore_index=IGNORE, reduction="sum")
+        chosen_nll = chosen_nll / max(count(f, "targets", int((labels[:n, 1:] != IGNORE).sum()), "chosen_"), 1)
         # ORPO's odds use length-averaged answer log-probs (TRL: average_log_prob=True).
         logps = _trl_orpo().get_batch_logps(logits, labels, average_log_prob=True)
         ratio, log_odds = odds_ratio_term(logps[:n], logps[n:], self.odds_ratio_weight)
-        loss = chosen_nll - ratio.mean()
-        return loss, {"chosen_nll": chosen_nll.item(), "log_odds_ratio": log_odds.item(),
-                      "chosen_logp": logps[:n].mean().item(), "rejected_logp": logps[n:].mean().item()}
+        loss = chosen_nll - rows_mean(ratio, f, "chosen_")
+        return loss, {"chosen_nll": chosen_nll.item(), "log_odds_ratio": log_odds.item() * share(f, "rows", n, "chosen_"),
+                      "chosen_logp": rows_mean(logps[:n], f, "chosen_").item(),
+                      "rejected_logp": rows_mean(logps[n:], f, "rejected_").item()}
 
 
 def pair_item(tokenizer, ex, max_length: int, method: str = "orpo") -> dict:

@@ -7,9 +7,9 @@ Minimise gamma * L_f + lambda * (L_r - eps): L_f flattens the forget logits, mea
 lambda <- max(0, lambda + dual_step_size * (L_r - eps)).
 
 The first method with state that changes during training: lambda lives on the method, the loop hands every step's
-logged terms to `after_step` (averaged over the processes, so every process moves lambda alike), and
+logged terms to `after_step` (the global batch's, the same in every process, so every process moves lambda alike), and
 `state_dict` / `load_state_dict` put it into each checkpoint and back on resume. OU updates lambda after every
-micro-batch, in each process on its own; here once per optimiser step on the mean over micro-batches and processes
+micro-batch, in each process on its own; here once per optimiser step on the global batch's retain NLL
 (the same with one process and no accumulation). As in OU, L_f's mask is the labels' own positions, not shifted.
 """
 
@@ -19,15 +19,15 @@ import torch
 
 from unlearning.data.base import IGNORE
 from unlearning.errors import UserError
-from unlearning.methods.base import Method, nll, reject_unknown, require_coefficients
+from unlearning.methods.base import Method, count, nll, reject_unknown, require_coefficients
 
 
-def flatten_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def flatten_loss(logits: torch.Tensor, labels: torch.Tensor, batch: dict | None = None) -> torch.Tensor:
     """OU's PDU forget loss: (max - mean over the vocabulary)^2 of each logit row, averaged where labels != -100."""
     logits = logits.float().reshape(-1, logits.size(-1))
     gap = (logits.max(-1).values - logits.mean(-1)) ** 2
     mask = (labels != IGNORE).reshape(-1).float()
-    return (gap * mask).sum() / mask.sum().clamp(min=1)
+    return (gap * mask).sum() / max(count(batch or {}, "labelled", int(mask.sum())), 1)
 
 
 def dual_step(lam: float, retain_loss: float, eps: float, step_size: float) -> float:
@@ -56,10 +56,10 @@ class PDU(Method):
 
     def loss(self, model, batch):
         f = batch["forget"]
-        forget = flatten_loss(model(input_ids=f["input_ids"], attention_mask=f["attention_mask"]).logits, f["labels"])
+        forget = flatten_loss(model(input_ids=f["input_ids"], attention_mask=f["attention_mask"]).logits, f["labels"], f)
         retain = nll(model, batch["retain"])
         loss = self.gamma * forget + self.lam * (retain - self.eps)
-        return loss, {"forget_flatten": forget.item(), "retain_nll": retain.item(), "dual_lambda": self.lam}
+        return loss, {"forget_flatten": forget.item(), "retain_nll": retain.item()}  # the loop logs dual_lambda
 
     def after_step(self, step: int, epochs_done: int, terms: dict) -> None:
         """After optimiser step `step` (1-based) of an epoch that began with `epochs_done` whole epochs behind it."""

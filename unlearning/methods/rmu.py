@@ -6,6 +6,10 @@ states on retain answer tokens. Only the update layers train. Both passes stop a
 chosen layer (a forward hook raises once it has the output), so the layers above it
 and the LM head never run. The frozen model is the same model with LoRA adapters
 disabled, or a copy truncated to the chosen layer.
+WMDP's own loss (rmu/unlearn.py) is `mse_loss(h, target)`, the mean over every element of the batch, padding and
+BOS included; `normalise` here averages over answer (labelled) tokens only (`tokens`) or per sequence
+(`sequences`, OpenUnlearning), on purpose: an elementwise mean over padding changes with the padded width, i.e. with
+the batch composition and the process layout.
 Written by hand: the early-exit hook and the masked MSE (nothing in torch/transformers/peft
 exposes one layer's output without running the whole model).
 """
@@ -17,7 +21,7 @@ from torch import nn
 
 from unlearning.data.base import IGNORE
 from unlearning.errors import UserError
-from unlearning.methods.base import Method, reject_unknown, require_positive
+from unlearning.methods.base import Method, count, reject_unknown, require_positive, rows_mean
 from unlearning.methods.reference import Reference, is_peft
 
 PAPER_LAYER, PAPER_DEPTH = 7, 32  # WMDP's RMU on Zephyr-7B: layer 7 of 32, update layers 5-7
@@ -36,9 +40,25 @@ class _Stop(Exception):
     pass
 
 
+def _several_processes() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1
+
+
 def layer_output(model, layer: nn.Module, batch: dict, prefix: str = "") -> torch.Tensor:
-    """Hidden states after `layer`, without running the rest of the model."""
+    """Hidden states after `layer`, without running the rest of the model; with several processes, with it (DDP
+    syncs gradients, and FSDP reshards, only after a forward that returns; the layers after it are frozen)."""
     seen = {}
+    if _several_processes():
+        def keep(_module, _args, output):
+            seen["h"] = output[0] if isinstance(output, tuple) else output
+
+        handle = layer.register_forward_hook(keep)
+        try:
+            model(input_ids=batch[prefix + "input_ids"], attention_mask=batch[prefix + "attention_mask"],
+                  use_cache=False)
+        finally:
+            handle.remove()
+        return seen["h"]
 
     def hook(_module, _args, output):
         seen["h"] = output[0] if isinstance(output, tuple) else output
@@ -54,19 +74,26 @@ def layer_output(model, layer: nn.Module, batch: dict, prefix: str = "") -> torc
     return seen["h"]
 
 
-NORMALISE = ("tokens", "sequences")
+NORMALISE = ("tokens", "sequences", "openunlearning")
 WMDP_PARAMS = r"mlp\.down_proj\."  # WMDP's rmu/unlearn.py: param_ids=[6], the MLP down-projections (their LoRA adapters)
 
 
-def masked_mse(h: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, normalise: str = "tokens") -> torch.Tensor:
+def masked_mse(h: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, normalise: str = "tokens",
+               batch: dict | None = None) -> torch.Tensor:
     """The squared error averaged over the hidden dimension, then over the masked tokens of the batch (`tokens`), or
     over each sequence's masked tokens and then over sequences (`sequences`: OpenUnlearning's
     compute_activation_loss, src/trainer/unlearn/rmu.py)."""
     mask = mask.float()
     per_token = (h.float() - target.float()).square().mean(-1) * mask
+    if normalise == "openunlearning":
+        # OU's compute_activation_loss divides the per-sequence sums [B] by the lengths kept as [B, 1]: broadcast to
+        # B x B and averaged, mean(sums) * mean(1 / lengths) (matches OU's records to the last digit)
+        inverse = (1 / mask.sum(1).clamp(min=1)).sum()
+        return rows_mean(per_token.sum(1), batch or {}) * count(batch or {}, "inverse_lengths", inverse) / count(
+            batch or {}, "rows", mask.shape[0])
     if normalise == "sequences":
-        return (per_token.sum(1) / mask.sum(1).clamp(min=1)).mean()
-    return per_token.sum() / mask.sum().clamp(min=1)
+        return rows_mean(per_token.sum(1) / mask.sum(1).clamp(min=1), batch or {})
+    return per_token.sum() / max(count(batch or {}, "labelled", int(mask.sum())), 1)
 
 
 class RMU(Method):
@@ -82,7 +109,8 @@ class RMU(Method):
             raise UserError(f"method.retain_weight={retain_weight} must be >= 0 (conf/method/rmu.yaml)")
         if normalise not in NORMALISE:
             raise UserError(f"method.normalise={normalise!r} must be one of {list(NORMALISE)} (tokens: over the batch's "
-                            "answer tokens; sequences: per sequence first, as OpenUnlearning)")
+                            "answer tokens; sequences: per sequence first; openunlearning: OU's code, "
+                            "mean of the sums x mean of 1 / lengths)")
         if isinstance(update_layers, str) and update_layers != "all":
             raise UserError(f"method.update_layers={update_layers!r}: give a list of layer indices, null, or all")
         self.normalise = normalise
@@ -147,11 +175,15 @@ class RMU(Method):
             raise UserError(f"method=rmu: nothing trainable in layers {self.update_idx} (with LoRA, target modules "
                             "must include those layers)")
 
+    def counts(self, batch):
+        lengths = (batch["labels"] != IGNORE).sum(1).clamp(min=1)
+        return {**super().counts(batch), "inverse_lengths": float((1 / lengths.float()).sum())}
+
     def loss(self, model, batch):
         f = batch["forget"]
         layer = decoder_layers(model)[self.layer_idx]
         h = layer_output(model, layer, f)
-        forget = masked_mse(h, self.control.expand_as(h), f["labels"] != IGNORE, self.normalise)
+        forget = masked_mse(h, self.control.expand_as(h), f["labels"] != IGNORE, self.normalise, f)
         loss, logs = forget, {"forget_mse": forget.item()}
         if self.needs_retain:
             r = batch["retain"]
@@ -159,7 +191,7 @@ class RMU(Method):
             with self.reference(model) as ref:
                 frozen_layer = self.frozen_layer if self.reference.copy is not None else layer
                 frozen = layer_output(ref, frozen_layer, r)
-            retain = masked_mse(h_r, frozen, r["labels"] != IGNORE, self.normalise)
+            retain = masked_mse(h_r, frozen, r["labels"] != IGNORE, self.normalise, r)
             loss = loss + self.retain_weight * retain
             logs["retain_mse"] = retain.item()
         return loss, logs

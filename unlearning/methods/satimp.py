@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import torch
 
-from unlearning.methods.base import Method, reject_unknown, require_coefficients, require_positive, token_logps
+from unlearning.methods.base import Method, count, reject_unknown, require_coefficients, require_positive, token_logps
 
 
-def satimp_loss(lp: torch.Tensor, mask: torch.Tensor, beta1: float, beta2: float) -> torch.Tensor:
+def satimp_loss(lp: torch.Tensor, mask: torch.Tensor, beta1: float, beta2: float,
+                batch: dict | None = None) -> torch.Tensor:
     """OpenUnlearning's compute_satimp_loss: mean over answer tokens of p^beta1 (1 - p)^beta2 (no gradient) * log p."""
     p = lp.detach().exp()
-    return ((p ** beta1) * ((1 - p) ** beta2) * lp)[mask].mean()
+    return ((p ** beta1) * ((1 - p) ** beta2) * lp)[mask].sum() / max(count(batch or {}, "targets", int(mask.sum())), 1)
 
 
 class SatImp(Method):
@@ -31,5 +32,5 @@ class SatImp(Method):
     def loss(self, model, batch):
         f = batch["forget"]
         lp, mask = token_logps(model(input_ids=f["input_ids"], attention_mask=f["attention_mask"]).logits, f["labels"])
-        forget = satimp_loss(lp, mask, self.beta1, self.beta2)
+        forget = satimp_loss(lp, mask, self.beta1, self.beta2, f)
         return self.with_retain_nll(model, batch, self.forget_weight * forget, {"forget_satimp": forget.item()})

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
-from unlearning.methods.base import Method, reject_unknown, require_coefficients, require_positive, sequence_logp
+from unlearning.methods.base import Method, reject_unknown, require_coefficients, require_positive, rows_mean, sequence_logp
 
 
-def simnpo_loss(logp, length, beta: float, delta: float):
+def simnpo_loss(logp, length, beta: float, delta: float, batch: dict | None = None):
     # SimNPO (Fan et al. 2024, eq. 4): -(2/beta) * mean log sigmoid(-(beta/|y|) * log p_theta(y|x) - delta).
-    return -(2.0 / beta) * F.logsigmoid(-(beta / length.clamp(min=1)) * logp - delta).mean()
+    return -(2.0 / beta) * rows_mean(F.logsigmoid(-(beta / length.clamp(min=1)) * logp - delta), batch or {})
 
 
 class SimNPO(Method):
@@ -31,7 +31,7 @@ class SimNPO(Method):
 
     def loss(self, model, batch):
         logp, length = sequence_logp(model, batch["forget"])
-        forget = simnpo_loss(logp, length.float(), self.beta, self.delta)
+        forget = simnpo_loss(logp, length.float(), self.beta, self.delta, batch["forget"])
         loss = self.forget_weight * forget
-        logs = {"forget_simnpo": forget.item(), "forget_avg_logp": (logp / length.clamp(min=1)).mean().item()}
+        logs = {"forget_simnpo": forget.item(), "forget_avg_logp": rows_mean(logp / length.clamp(min=1), batch["forget"]).item()}
         return self.with_retain_nll(model, batch, loss, logs)

@@ -14,17 +14,18 @@ import torch
 import torch.nn.functional as F
 
 from unlearning.data.base import IGNORE
-from unlearning.methods.base import Method, reject_unknown, require_coefficients, require_positive
+from unlearning.methods.base import Method, count, reject_unknown, require_coefficients, require_positive
 from unlearning.methods.reference import Reference
 
 
-def undial_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, beta: float) -> torch.Tensor:
+def undial_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, beta: float,
+                batch: dict | None = None) -> torch.Tensor:
     """Mean over answer tokens of CE(student, softmax(teacher - beta * onehot(label)))."""
     logits, teacher_logits, labels = logits[:, :-1], teacher_logits[:, :-1], labels[:, 1:]
     valid = labels != IGNORE
     x, t, y = logits[valid].float(), teacher_logits[valid].float(), labels[valid]
     target = (t - beta * F.one_hot(y, t.shape[-1]).to(t.dtype)).softmax(-1)
-    return F.cross_entropy(x, target)
+    return F.cross_entropy(x, target, reduction="sum") / max(count(batch or {}, "targets", int(valid.sum())), 1)
 
 
 class UNDIAL(Method):
@@ -47,5 +48,5 @@ class UNDIAL(Method):
         logits = model(input_ids=f["input_ids"], attention_mask=f["attention_mask"]).logits
         with torch.no_grad(), self.reference(model) as ref:
             teacher = ref(input_ids=f["input_ids"], attention_mask=f["attention_mask"]).logits
-        forget = undial_loss(logits, teacher, f["labels"], self.beta)
+        forget = undial_loss(logits, teacher, f["labels"], self.beta, f)
         return self.with_retain_nll(model, batch, self.forget_weight * forget, {"forget_undial": forget.item()})

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import torch
 
-from unlearning.methods.base import Method, reject_unknown, require_coefficients, require_positive, token_logps
+from unlearning.methods.base import Method, count, reject_unknown, require_coefficients, require_positive, token_logps
 
 
-def wga_loss(lp: torch.Tensor, mask: torch.Tensor, beta: float) -> torch.Tensor:
+def wga_loss(lp: torch.Tensor, mask: torch.Tensor, beta: float, batch: dict | None = None) -> torch.Tensor:
     """OpenUnlearning's compute_wga_loss: -mean over answer tokens of p^beta (no gradient) * NLL = mean(p^beta * log p)."""
     weight = lp.detach().exp() ** beta
-    return (weight * lp)[mask].mean()
+    return (weight * lp)[mask].sum() / max(count(batch or {}, "targets", int(mask.sum())), 1)
 
 
 class WGA(Method):
@@ -28,5 +28,5 @@ class WGA(Method):
     def loss(self, model, batch):
         f = batch["forget"]
         lp, mask = token_logps(model(input_ids=f["input_ids"], attention_mask=f["attention_mask"]).logits, f["labels"])
-        forget = wga_loss(lp, mask, self.beta)
+        forget = wga_loss(lp, mask, self.beta, f)
         return self.with_retain_nll(model, batch, self.forget_weight * forget, {"forget_wga": forget.item()})
