@@ -81,6 +81,10 @@ def test_unknown_config_key():
     one_line_error(cli("trainer.lrr=1"), "trainer.lrr")
 
 
+def test_unknown_sweep_end_table():
+    one_line_error(cli("-m", "hydra.callbacks.sweep_summary.table=ou_muse"), "sweep-end table is ou_tofu_repro")
+
+
 def test_missing_data_directory(tmp_path):
     one_line_error(cli("dataset=tofu", f"data_dir={tmp_path}/nowhere", f"cache_dir={tmp_path}/c"),
                    "does not exist", "UNLEARNING_DATA_DIR")

@@ -85,9 +85,27 @@ def tiny_sweep(tmp_path_factory):
     sweep_dir = tmp / "sweep"
     cmd = [sys.executable, "-m", "unlearning", "-m", "trainer.lr=1e-4,1e30", "method=ga,npo", *TINY, "trainer.max_steps=3",
            "trainer.max_grad_norm=0",
-           "logger=wandb", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={sweep_dir}"]
+           "logger=wandb", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={sweep_dir}",
+           "hydra.callbacks.sweep_summary.table=ou_tofu_repro"]  # what experiment=tofu_ou_repro sets
     proc = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=900)
     return proc, sweep_dir, tmp / "cache"
+
+
+def test_sweep_end_prints_ous_repro_table(tiny_sweep):
+    proc, sweep_dir, _ = tiny_sweep
+    text = (sweep_dir / "ou_repro.md").read_text()
+    assert text.strip() in proc.stdout
+    lines = {line.split(" | ")[0].strip("| "): line for line in text.splitlines() if line.startswith("| ")}
+    assert lines["Method"].startswith("| Method | forget01 forget_quality | forget01 model_utility | forget01 "
+                                      "forget_truth_ratio |")  # forget01 only: OU's other splits were not run
+    ga = json.loads((sweep_dir / "0" / "results.json").read_text())
+    cells = lines["GradAscent"].strip("| ").split(" | ")[1:]
+    finetuned = lines["Finetuned"].strip("| ").split(" | ")[1:]
+    for cell, want in ((cells[0], ga["metrics"]["forget_quality"]), (cells[2], ga["metrics"]["forget_Truth_Ratio"]),
+                       (finetuned[0], ga["baselines"]["target"]["forget_quality"])):
+        ours, theirs = cell.split(" / ")
+        assert float(ours) == pytest.approx(want, rel=5e-3) and theirs == "-"  # the tiny model has no OU table
+    assert set(lines) == {"Method", "Finetuned", "Retain", "GradAscent", "NPO"}
 
 
 def test_sweep_summary_and_exit_code(tiny_sweep):

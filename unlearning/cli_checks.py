@@ -39,6 +39,8 @@ def check_overrides(args: list[str], conf_dir: str) -> None:
                             "see `unlearning --help`")
         key, value = o.split("=", 1)
         key = key.lstrip("+~")
+        if key == "hydra.callbacks.sweep_summary.table" and value not in ("ou_tofu_repro", "null"):
+            raise UserError(f"{o}: the sweep-end table is ou_tofu_repro (OU's TOFU repro.md table) or null")
         if key in groups and not key.startswith("hydra"):
             for v in value.strip("[]").split(","):  # a,b sweeps and [a,b] multi-selections (attack=)
                 v = v.strip()

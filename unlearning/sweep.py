@@ -15,6 +15,7 @@ import csv
 import io
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -194,8 +195,12 @@ def failed_jobs(sweep_dir: str | Path | None = None) -> int:
 class SweepSummary(Callback):
     """Hydra callback: keeps <sweep dir>/summary.{csv,json} current as jobs finish."""
 
-    def __init__(self, **_):
+    def __init__(self, table: str | None = None, **_):
+        # table=ou_tofu_repro (set by experiment=tofu_ou_repro): OU's repro.md table printed at the sweep's end
+        if table not in (None, "ou_tofu_repro"):  # a command-line value is refused in one line before (cli_checks)
+            raise ValueError(f"hydra.callbacks.sweep_summary.table={table!r}: the one table is ou_tofu_repro (or null)")
         self._t0: float | None = None
+        self.table = table
 
     def on_multirun_start(self, config, **kwargs) -> None:
         from unlearning import sweep_state
@@ -233,6 +238,22 @@ class SweepSummary(Callback):
         sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
         if sweep_dir.is_dir():
             finalize(sweep_dir)
+            if self.table:
+                print_ou_repro(sweep_dir)
+
+
+def print_ou_repro(sweep_dir: Path) -> None:
+    """OU's repro.md table from the sweep's finished runs, printed and written to <sweep>/ou_repro.md."""
+    from unlearning import ou_repro
+    from unlearning.errors import UserError
+
+    try:
+        text = ou_repro.table(ou_repro.records_of([sweep_dir]))
+    except UserError as e:  # no job finished: the summary already says why
+        print(f"no OU table: {e}", file=sys.stderr)
+        return
+    atomic_write(sweep_dir / "ou_repro.md", text + "\n")
+    print(f"\n{text}\n(also in {sweep_dir / 'ou_repro.md'}; again with: unlearning-table --ou-repro {sweep_dir})")
 
 
 def number(v) -> float | None:
