@@ -16,6 +16,31 @@ from unlearning.models import TinyLlama
 from unlearning.validate import validate
 
 
+def test_recovery_floor_and_its_reason_by_hand():
+    from unlearning.attacks import recovery_null_reason
+
+    assert recovery_null_reason(0.5, 0.2, 0.8, 0.05) is None                     # gap 0.6 clears the floor
+    why = recovery_null_reason(0.5, 0.2, 0.23, 0.05)                              # gap 0.03 does not
+    assert "|target - unlearned| = 0.03 is below robustness.recovery_floor=0.05" in why
+    assert recovery_null_reason(0.5, 0.2, 0.15, 0.05) is None                     # the sign does not matter: 0.05
+    assert "below" in recovery_null_reason(0.5, 0.2, 0.2, 0)                      # no gap at all, even at floor 0
+    assert "no target" in recovery_null_reason(0.5, 0.2, None, 0.05)
+    assert "not computed" in recovery_null_reason(None, 0.2, 0.8, 0.05)
+
+
+def test_worst_case_is_direction_aware_by_hand():
+    from unlearning.attacks import worst_case
+    from unlearning.eval.tofu import TofuEvaluator
+
+    out = {"forget_Q_A_Prob@a": 0.30, "forget_Q_A_Prob@b": 0.45, "forget_Q_A_Prob@b_vs_reference": 0.12,
+           "forget_Truth_Ratio@a": 0.40, "forget_Truth_Ratio@b": 0.70, "forget_Truth_Ratio@a_vs_reference": -0.2,
+           "forget_Q_A_ROUGE@a": None, "forget_Q_A_ROUGE@b": float("nan")}
+    worst = worst_case(TofuEvaluator, out, ["a", "b"])
+    assert worst["forget_Q_A_Prob"] == {"value": 0.45, "attack": "b", "vs_reference": 0.12}   # higher prob: knows more
+    assert worst["forget_Truth_Ratio"] == {"value": 0.40, "attack": "a", "vs_reference": -0.2}  # lower TR: knows more
+    assert "forget_Q_A_ROUGE" not in worst  # nothing measured: no worst case
+
+
 def test_recovery_by_hand():
     # unlearning took forget prob 0.8 -> 0.2; an attack back to 0.5 restores half of it
     assert recovery(0.5, 0.2, 0.8) == pytest.approx(0.5)
@@ -39,7 +64,7 @@ def test_quantization_changes_a_copy_and_leaves_the_model_alone(tmp_path):
 
 def test_quant8_attack_on_a_tiny_run(run_tiny, tmp_path):
     plain = run_tiny("save_model=false", out=tmp_path / "plain")
-    rec = run_tiny("attack=[quant8]", out=tmp_path / "attacked")
+    rec = run_tiny("attack=[quant8]", "robustness.recovery_floor=0", out=tmp_path / "attacked")
     m = rec["metrics"]
     # the attack's metrics sit beside the plain ones, which are exactly those of a run without it
     assert {k: v for k, v in m.items() if "@" not in k} == plain["metrics"]
@@ -54,13 +79,23 @@ def test_quant8_attack_on_a_tiny_run(run_tiny, tmp_path):
     assert attacked == pytest.approx(m["forget_Q_A_Prob@quant8"], abs=1e-6)
     assert m["forget_Q_A_Prob@quant8_recovery"] == pytest.approx((attacked - unlearned) / (target - unlearned), abs=1e-4)
     assert (tmp_path / "attacked" / "eval" / "tofu@quant8.json").is_file()
+    # the control: the same int8 attack on the retain reference, evaluated apart the same way
+    reference = Path(rec["stages"]["reference"]["path"])
+    attacked_ref = _forget_prob(_rtn_int8_copy(reference, tmp_path / "ref_int8"), tmp_path / "rq")
+    assert rec["robustness"]["attacked_reference"]["quant8"]["forget_Q_A_Prob"] == pytest.approx(attacked_ref, abs=1e-6)
+    assert m["forget_Q_A_Prob@quant8_vs_reference"] == pytest.approx(attacked - attacked_ref, abs=1e-6)
+    control = json.loads((tmp_path / "attacked" / "eval" / "tofu@quant8_reference.json").read_text())
+    assert control["aggregates"]["forget_Q_A_Prob"] == rec["robustness"]["attacked_reference"]["quant8"]["forget_Q_A_Prob"]
+    # one attack: the worst case is that attack's value, named
+    assert m["forget_Q_A_Prob@worst"] == m["forget_Q_A_Prob@quant8"]
+    assert rec["robustness"]["worst_case"]["forget_Q_A_Prob"]["attack"] == "quant8"
     # the saved unlearned model is the plain one, not the quantized copy
     cfg = json.loads((tmp_path / "attacked" / "model" / "config.json").read_text())
     assert "quantization_config" not in cfg
     assert "retain_Q_A_Prob@quant8" in m and "model_utility@quant8" in m  # measure=all: the whole evaluator again
     # measure=forget: the forget split alone, with the same forget numbers and recoveries
     forget = run_tiny("attack=[quant8]", "attacks.quant8.measure=forget", "save_model=false",
-                      out=tmp_path / "forget")["metrics"]
+                      "robustness.recovery_floor=0", out=tmp_path / "forget")["metrics"]
     attacked = {k for k in forget if k.endswith("@quant8")}
     assert attacked and all(k.startswith("forget_") for k in attacked), attacked
     for key in attacked | {k for k in forget if k.endswith("@quant8_recovery")}:
@@ -147,9 +182,16 @@ def test_relearn_attack_brings_forgotten_answers_back(run_tiny, tmp_path):
     """GA lowers the forget answers' probability; relearning 2 of them raises the others' back towards the target."""
     overrides = ["method=ga", "trainer.max_steps=4", "attack=[relearn]", "attacks.relearn.examples=2",
                  "attacks.relearn.steps=8", "attacks.relearn.lr=3e-3", "evaluator.generate=false", "save_model=false"]
-    rec = run_tiny(*overrides, out=tmp_path / "relearn")
+    rec = run_tiny(*overrides, "robustness.recovery_floor=0", out=tmp_path / "relearn")
     m = rec["metrics"]
     assert m["forget_Q_A_Prob@relearn_recovery"] > 0, m["forget_Q_A_Prob@relearn_recovery"]
+    # the control relearns the same 2 items on the reference and is scored on the same rest
+    control = json.loads((tmp_path / "relearn" / "eval" / "tofu@relearn_reference.json").read_text())["per_item"]
+    assert [r["question"] for r in control["forget"]] == [r["question"] for r in
+                                                         json.loads((tmp_path / "relearn" / "eval" / "tofu@relearn.json")
+                                                                    .read_text())["per_item"]["forget"]]
+    assert m["forget_Q_A_Prob@relearn_vs_reference"] == pytest.approx(
+        m["forget_Q_A_Prob@relearn"] - rec["robustness"]["attacked_reference"]["relearn"]["forget_Q_A_Prob"], abs=1e-12)
     per_item = json.loads((tmp_path / "relearn" / "eval" / "tofu@relearn.json").read_text())["per_item"]
     from conftest import TINY
 
@@ -157,6 +199,38 @@ def test_relearn_attack_brings_forgotten_answers_back(run_tiny, tmp_path):
     held = {ex.messages[-1]["content"] for ex in parts.attacks["relearn"].held_out(parts.data)}
     evaluated = {row["question"] for row in per_item["forget"]}
     assert len(held) == 2 and evaluated and not held & evaluated  # evaluated only on questions it did not train on
+
+
+def test_benign_finetuning_uses_no_forget_item(data_dir):
+    for overrides in ([], PII):
+        parts = validate(compose(overrides + ["attack=[benign]", "attacks.benign.examples=4"]))
+        picked = parts.attacks["benign"].picked(parts.data)
+        forget = parts.data.forget
+        assert len(picked) == 4 and not {ex.id for ex in picked} & {ex.id for ex in forget}
+        assert not {ex.answer for ex in picked} & {ex.answer for ex in forget}
+        if overrides:  # PII: dialogues with no person and no personal data in them
+            assert all(ex.meta["person"] is None and not ex.meta["pii"] for ex in picked)
+        else:          # TOFU: retain questions, about authors the forget set is not about
+            assert {ex.id for ex in picked} <= {ex.id for ex in parts.data.retain}
+    free = [ex for ex in validate(compose(PII)).data.target_train if ex.meta["person"] is None]  # PII-free turns
+    with pytest.raises(UserError, match=f"attacks.benign.examples=500: synthetic_pii has {len(free)} examples unrelated"):
+        validate(compose(PII + ["attack=[benign]", "attacks.benign.examples=500"]))
+    with pytest.raises(UserError, match="attacks.benign.steps=0"):
+        validate(compose(["attack=[benign]", "attacks.benign.steps=0"]))
+
+
+def test_benign_attack_on_a_tiny_run(run_tiny, tmp_path):
+    rec = run_tiny("attack=[benign]", "attacks.benign.examples=2", "attacks.benign.steps=2", "evaluator.generate=false",
+                   "save_model=false", out=tmp_path / "benign")
+    m = rec["metrics"]
+    assert m["forget_Q_A_Prob@benign"] != m["forget_Q_A_Prob"]  # the fine-tune moved the model
+    assert "retain_Q_A_Prob@benign" not in m                     # measure: forget by default
+    control = rec["robustness"]["attacked_reference"]["benign"]
+    assert m["forget_Q_A_Prob@benign_vs_reference"] == pytest.approx(m["forget_Q_A_Prob@benign"]
+                                                                     - control["forget_Q_A_Prob"], abs=1e-12)
+    per_item = json.loads((tmp_path / "benign" / "eval" / "tofu@benign.json").read_text())["per_item"]
+    assert len(per_item["forget"]) == len(json.loads((tmp_path / "benign" / "eval" / "tofu.json").read_text())
+                                          ["per_item"]["forget"])  # every forget item is evaluated
 
 
 def test_relearn_bad_input(data_dir):
@@ -190,6 +264,45 @@ def test_without_drops_exactly_the_relearned_items(data_dir):
 
 PII = ["dataset=synthetic_pii", "evaluator=pii", "dataset.people=3", "dataset.dialogues_per_person=1",
        "dataset.heldout_per_person=1", "dataset.pii_free_train=4", "dataset.pii_free_heldout=2"]
+
+
+def test_pii_reference_trains_on_the_same_dialogues_about_stand_ins(data_dir):
+    """The PII benchmark's never-trained model: every training dialogue again, about a stand-in person; none of the
+    real people's probed values (nor their first or last names) appears anywhere in what it trains on."""
+    parts = validate(compose(PII + ["dataset.people=6", "attack=[quant8]"]))
+    data = parts.data
+    ref_texts = " ".join(m["content"] for ex in data.reference_train for m in ex.messages) + " ".join(
+        ex.answer for ex in data.reference_train)
+    import re
+
+    values = {p[t] for p in data.extra["people"] for t in data.extra["pii_types"]}
+    names = {p[f] for p in data.extra["people"] for f in ("first", "last")}
+    assert values and not [v for v in values if v in ref_texts]
+    assert names and not [v for v in names if re.search(rf"\b{re.escape(v)}\b", ref_texts)]  # "John" in "Johnson Ltd" is not a name
+    assert {p["answer"] if "answer" in p else None for p in data.extra["probes"]}  # the probes exist
+    assert len(data.reference_train) == len(data.target_train)  # the same dialogues, turn for turn
+    pii_turns = [ex for ex in data.reference_train if ex.meta["pii"]]
+    assert len(pii_turns) == len(data.forget)
+    assert {ex.meta["template"] for ex in pii_turns} == {ex.meta["template"] for ex in data.forget}
+
+
+def test_pii_attack_is_compared_with_the_stand_in_reference(tmp_path, data_dir):
+    from unlearning.run import run
+
+    overrides = ["model=tiny", *PII, "method=ga", f"cache_dir={tmp_path / 'cache'}", "model.hidden_size=32",
+                 "model.num_layers=1", "model.num_heads=2", "model.intermediate_size=64", "model.vocab_size=400",
+                 "model.finetune.epochs=1", "trainer.max_steps=2", "trainer.lr=1e-3", "evaluator.max_probes_per_kind=2",
+                 "evaluator.max_new_tokens=4", "evaluator.utility_max_new_tokens=4", "attack=[quant8]",
+                 "attacks.quant8.measure=forget", "save_model=false"]
+    rec = run(compose(overrides), tmp_path / "pii", overrides)
+    m = rec["metrics"]
+    assert rec["stages"]["reference"]["built"] and "reference" in rec["baselines"]
+    control = rec["robustness"]["attacked_reference"]["quant8"]
+    for key in ("leakage_rate", "partial_leakage_rate"):
+        assert m[f"{key}@quant8_vs_reference"] == pytest.approx(m[f"{key}@quant8"] - control[key], abs=1e-12)
+    off = run(compose(overrides + ["robustness.control=false"]), tmp_path / "off", overrides)
+    assert off["metrics"]["leakage_rate@quant8_vs_reference"] is None and "reference" not in off["stages"]
+    assert "robustness.control=false" in off["robustness"]["null_reasons"]["leakage_rate@quant8_vs_reference"]
 
 
 def test_paraphrase_and_icl_change_only_the_probes(data_dir):
@@ -262,7 +375,8 @@ def test_report_draws_the_robustness_plot(tmp_path):
              "forget_Truth_Ratio@quant4_recovery": 0.1}
         (sweep / job / "results.json").write_text(json.dumps({
             "status": "ok", "overrides": ov, "method": method, "dataset": "tofu", "model": "tiny", "metrics": m,
-            "baselines": {"target": {"forget_Q_A_Prob": 0.8}}, "objective": 0.1, "timings": {}}))
+            "baselines": {"target": {"forget_Q_A_Prob": 0.8}}, "objective": 0.1, "timings": {},
+            "robustness": {"attacked_reference": {"quant4": {"forget_Q_A_Prob": 0.2468}}}}))
     rows = [json.loads((sweep / j / "results.json").read_text()) for j in "01"]
     assert attacked_metric(rows) == ("forget_Q_A_Prob", ["quant4"])
     out = report(sweep)
@@ -270,6 +384,8 @@ def test_report_draws_the_robustness_plot(tmp_path):
     assert png in out["plots"] and mpimg.imread(png).shape[0] > 100
     assert "plots/robustness.png" in out["md"].read_text()
     assert "forget_Q_A_Prob@quant4_recovery" in out["md"].read_text()
+    # the never-trained model under the same attack, drawn beside the bars and listed with the baselines
+    assert "| reference@quant4 |" in out["md"].read_text() and "0.2468" in out["md"].read_text()
 
 
 def test_relearn_on_pii_evaluates_only_what_it_did_not_teach(data_dir):
@@ -298,13 +414,40 @@ class SubsetIdentity:
 def test_an_attack_that_changes_nothing_recovers_exactly_nothing(run_tiny, tmp_path):
     """Every term of a recovery is measured on the same items under the same probes: a subset asked as before gives
     recovery 0 exactly (measured against the whole forget set's numbers, it would not)."""
-    rec = run_tiny("+attacks.same._target_=test_attacks.SubsetIdentity", "save_model=false", out=tmp_path / "same")
+    rec = run_tiny("+attacks.same._target_=test_attacks.SubsetIdentity", "save_model=false",
+                   "robustness.recovery_floor=0", out=tmp_path / "same")
     m = rec["metrics"]
     for key in ("forget_Q_A_Prob", "forget_Q_A_ROUGE", "forget_Truth_Ratio"):
         assert m[f"{key}@same_recovery"] == 0.0, key
     assert m["forget_Q_A_Prob@same"] != m["forget_Q_A_Prob"]  # 3 of the 6 items: the whole set's number differs
     baselines = json.loads((tmp_path / "same" / "eval" / "tofu@same.json").read_text())["recovery_baselines"]
     assert baselines["unlearned"]["forget_Q_A_Prob"] == m["forget_Q_A_Prob@same"]
+
+
+def test_an_attack_on_a_model_that_never_learned_leaves_zero_residual(tmp_path, data_dir):
+    """The unlearned model *is* the reference (a perfect unlearner): the identity attack's residual is 0 exactly, for
+    every forget metric, and so is a weight attack's (quant8 of equal weights); the floor nulls the recoveries
+    (unlearned = reference, the target differs, so only the recovery of a gap under the floor is null)."""
+    from conftest import TINY
+
+    from unlearning.attacks import run_attacks
+    from unlearning.run import RunContext
+
+    parts = validate(compose(TINY + ["evaluator.generate=false"]))
+    model, tok = parts.spec.load(parts.data.corpus)
+    ctx = RunContext(cfg=compose(TINY), out_dir=None, cache_dir=str(tmp_path), device="cpu", max_length=128,
+                     generation=compose(TINY).generation)
+    plain = parts.evaluator.evaluate(model, tok, parts.data, ctx)["aggregates"]
+    out, notes = run_attacks({"same": SubsetIdentity(), "quant8": Quantize(bits=8)}, parts.evaluator, model, tok,
+                             parts.data, ctx, None, plain, None, None, lambda: (fresh_copy(model), tok), 0.05)
+    for key in ("forget_Q_A_Prob", "forget_Truth_Ratio"):
+        assert out[f"{key}@same_vs_reference"] == 0.0 and out[f"{key}@quant8_vs_reference"] == 0.0, key
+        assert out[f"{key}@same_recovery"] is None and "no target" in notes["null_reasons"][f"{key}@same_recovery"]
+    assert notes["attacked_reference"]["quant8"]["forget_Q_A_Prob"] == out["forget_Q_A_Prob@quant8"]
+    no_ref, notes = run_attacks({"same": SubsetIdentity()}, parts.evaluator, model, tok, parts.data, ctx, None, plain,
+                                None, no_reference="no never-trained model: test")
+    assert no_ref["forget_Q_A_Prob@same_vs_reference"] is None
+    assert notes["null_reasons"]["forget_Q_A_Prob@same_vs_reference"] == "no never-trained model: test"
 
 
 def test_forget_quality_compares_the_same_items_on_both_sides():

@@ -72,7 +72,9 @@ def test_probes_cover_every_type_and_are_partly_unseen():
 
 def test_unlearning_data_shape_and_pairs(tmp_path):
     data = load_synthetic_pii(**SMALL, cache_dir=str(tmp_path))
-    assert data.retain is None and data.reference_train is None
+    assert data.retain is None  # no retain set (ORPO+CFG); the reference trains on the dialogues about stand-ins
+    assert len(data.reference_train) == len(data.target_train)
+    assert not {ex.meta["person"] for ex in data.reference_train} & {p["id"] for p in data.extra["people"]}
     assert data.forget and all(ex.meta["pii"] and ex.meta["rejected"] == ex.answer for ex in data.forget)
     assert all(ex.meta["chosen"] != ex.answer and ex.meta["person"] for ex in data.forget)
     # a second turn's prompt is the dialogue up to it, including the first answer

@@ -20,9 +20,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from unlearning.distributed import is_main, pick_device, wait
 from unlearning.errors import UserError
-from unlearning.models import load_folder
 from unlearning.results import provenance, versions, write_json
-from unlearning.run import RunContext, cached_eval, evaluate_all, for_tokenizer, make_run_folder, start_logger, template_date
+from unlearning.run import RunContext, attack, cached_eval, evaluate_all, for_tokenizer, make_run_folder, start_logger, template_date
 from unlearning.validate import validate
 
 log = logging.getLogger("unlearning")
@@ -62,15 +61,9 @@ def evaluate_model(cfg: DictConfig, out_dir: str | Path, overrides: list[str] | 
         if is_main():
             write_json(out_dir / "eval" / f"{parts.evaluator.name}.json", result)
         if parts.attacks:
-            from unlearning.attacks import run_attacks
-
-            t = time.perf_counter()
-            load_target = ((lambda: load_folder(cfg.stage.target_path, **ctx.load_kwargs)) if cfg.stage.target_path
-                           else None)
-            result["aggregates"].update(run_attacks(parts.attacks, parts.evaluator, model, tok, parts.data, ctx,
-                                                    reference_result, result["aggregates"], baselines.get("target"),
-                                                    load_target))
-            ctx.timings["attacks_s"] = time.perf_counter() - t
+            result["aggregates"].update(attack(ctx, parts, model, tok, reference_result, baselines, result["aggregates"],
+                                               Path(cfg.stage.target_path) if cfg.stage.target_path else None,
+                                               Path(cfg.stage.reference_path) if cfg.stage.reference_path else None))
         ctx.timings["total_s"] = time.perf_counter() - t_start
         choices = dict(cfg.get("choices") or {})
         record = {
@@ -80,6 +73,7 @@ def evaluate_model(cfg: DictConfig, out_dir: str | Path, overrides: list[str] | 
             "chat_template_date": template_date(cfg),
             "objective": result["aggregates"].get(str(cfg.get("objective") or getattr(parts.evaluator, "objective", ""))),
             "timings": ctx.timings, "stages": {}, "versions": versions(), "provenance": ctx.provenance,
+            **({"robustness": ctx.robustness} if ctx.robustness is not None else {}),
             "config": OmegaConf.to_container(cfg, resolve=True),
         }
         if is_main():

@@ -292,6 +292,12 @@ def plot_robustness(rows, baselines: dict, path: Path, params: list[str] = ()) -
     t = _num((baselines.get("target") or {}).get(metric))
     if t is not None:
         ax.axhline(t, ls="--", color="black", lw=1, label="target (before unlearning)")
+    # the never-trained model under the same attack: what the attack would give a model that never saw the forget set
+    refs = [_num((baselines.get(name) or {}).get(metric)) for name in ["reference"] + [f"reference@{a}" for a in attacks]]
+    if any(v is not None for v in refs):
+        ax.hlines([v for v in refs if v is not None], [j - 0.45 for j, v in enumerate(refs) if v is not None],
+                  [j + 0.45 for j, v in enumerate(refs) if v is not None], colors="dimgrey", linestyles=":", lw=2,
+                  label="retain reference, same attack")
     ax.set_xticks(range(len(cols)), ["unlearned"] + [f"@{a}" for a in attacks])
     ax.set_ylabel(f"{metric} (mean over jobs; bars: 95% t interval over seeds)")
     plain_ticks(ax, x=False)
@@ -472,7 +478,10 @@ def _baselines(sweep_dir: Path, ok: list[dict]) -> dict:
         except (OSError, ValueError):
             continue
         if b:
-            return {k: v for k, v in b.items() if isinstance(v, dict)}
+            attacked = ((json.loads((sweep_dir / r["job"] / "results.json").read_text(encoding="utf-8"))
+                         .get("robustness") or {}).get("attacked_reference") or {})
+            return {**{k: v for k, v in b.items() if isinstance(v, dict)},
+                    **{f"reference@{a}": v for a, v in attacked.items() if isinstance(v, dict)}}
     return {}
 
 

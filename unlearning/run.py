@@ -41,6 +41,7 @@ class RunContext:
     provenance: dict = field(default_factory=dict)    # what determines the numbers besides the config
     resume_from: Path | None = None                   # the checkpoint this run continues from
     training_eval: dict = field(default_factory=dict)  # curve / selection of the evaluations during training
+    robustness: dict | None = None                     # the attacks' controls, null reasons and worst case
 
 
 def cached_eval(ctx: RunContext, evaluator, model_path: Path, data, reference: dict | None, what: str) -> dict:
@@ -114,7 +115,8 @@ def run(cfg: DictConfig, out_dir: str | Path, overrides: list[str] | None = None
         if cfg.save_model and is_main():
             save_model(model, tok, out_dir / "model")
         result = evaluate_unlearned(ctx, parts, model, tok, ref_result)
-        result["aggregates"].update(attack(ctx, parts, model, tok, ref_result, baselines, result["aggregates"], target))
+        result["aggregates"].update(attack(ctx, parts, model, tok, ref_result, baselines, result["aggregates"], target,
+                                           reference))
         record = make_record(cfg, ctx, parts, result, baselines, stages, overrides, t_start)
         if is_main():
             write_json(out_dir / "results.json", record)
@@ -130,7 +132,8 @@ def run(cfg: DictConfig, out_dir: str | Path, overrides: list[str] | None = None
     except BaseException:
         ctx.logger.finish("failed")
         raise
-    ctx.logger.summary(record["metrics"])
+    attacked_reference = (record.get("robustness") or {}).get("attacked_reference")
+    ctx.logger.summary({**record["metrics"], **({"attacked_reference": attacked_reference} if attacked_reference else {})})
     ctx.logger.finish("ok")
     return record
 
@@ -242,7 +245,9 @@ def build_stages(cfg: DictConfig, ctx: RunContext, parts: Parts) -> tuple[Path, 
                                      ctx.max_length, ctx.cache_dir, ctx.device, parts.distributed)
         stages["target"] = {"path": str(target), "built": built}
     reference = Path(cfg.stage.reference_path) if cfg.stage.reference_path else None
-    if reference is None and data.reference_train and getattr(parts.evaluator, "uses_reference", False):
+    # built where the evaluator compares with it, or where an attack's control needs it (PII: robustness.control)
+    wanted = getattr(parts.evaluator, "uses_reference", False) or (parts.attacks and cfg.robustness.control)
+    if reference is None and data.reference_train and wanted:
         reference, built = ensure_stage("reference", parts.spec, data.corpus, data.reference_train, parts.finetune,
                                         ctx.max_length, ctx.cache_dir, ctx.device, parts.distributed)
         stages["reference"] = {"path": str(reference), "built": built}
@@ -318,15 +323,27 @@ def evaluate_unlearned(ctx: RunContext, parts: Parts, model, tok, ref_result: di
 
 
 def attack(ctx: RunContext, parts: Parts, model, tok, ref_result: dict | None, baselines: dict, metrics: dict,
-           target: Path) -> dict:
-    """Robustness attacks (attack=[...]): each on a copy of the unlearned model, metrics suffixed @<attack>."""
+           target: Path | None, reference: Path | None) -> dict:
+    """Robustness attacks (attack=[...]): each on a copy of the unlearned model, metrics suffixed @<attack>, and
+    the same attack on the retain reference (`robustness.control`); what they leave beside the metrics goes to
+    `ctx.robustness` (results.json `robustness`)."""
     if not parts.attacks:
         return {}
     from unlearning.attacks import run_attacks
 
-    t = time.perf_counter()
-    metrics = run_attacks(parts.attacks, parts.evaluator, model, tok, parts.data, ctx, ref_result,
-                          metrics, baselines.get("target"), lambda: load_folder(target, **ctx.load_kwargs))
+    t, settings = time.perf_counter(), ctx.cfg.robustness
+    no_reference = None
+    if not settings.control:
+        no_reference = "robustness.control=false: the attacks were not run on a never-trained model"
+    elif reference is None:
+        no_reference = (f"no never-trained model: dataset {parts.data.name} builds none here and stage.reference_path "
+                        "is unset (a reference_result file holds numbers, not weights); give stage.reference_path="
+                        "<a model trained without the forget data>")
+    load_reference = None if no_reference else (lambda: load_folder(reference, **ctx.load_kwargs))
+    load_target = (lambda: load_folder(target, **ctx.load_kwargs)) if target is not None else None
+    metrics, ctx.robustness = run_attacks(parts.attacks, parts.evaluator, model, tok, parts.data, ctx, ref_result,
+                                          metrics, baselines.get("target"), load_target, load_reference,
+                                          float(settings.recovery_floor), no_reference)
     ctx.timings["attacks_s"] = time.perf_counter() - t
     return metrics
 
@@ -356,6 +373,7 @@ def make_record(cfg, ctx, parts, result, baselines, stages, overrides, t_start) 
         "chat_template_date": template_date(cfg),
         "resumed_from": str(ctx.resume_from) if ctx.resume_from else None,
         **ctx.training_eval,  # "curve" and "selection" when trainer.eval_every is set
+        **({"robustness": ctx.robustness} if ctx.robustness is not None else {}),
         "timings": ctx.timings, "stages": stages, "versions": versions(), "provenance": ctx.provenance,
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
@@ -369,6 +387,8 @@ def table(record: dict, columns: list[str] | None = None) -> str:
                  metrics))
     for tag in dict.fromkeys(k.split("@", 1)[1] for k in metrics if "@" in k):
         rows.append((f"unlearned @{tag}", {k.split("@", 1)[0]: v for k, v in metrics.items() if k.endswith("@" + tag)}))
+    for name, values in ((record.get("robustness") or {}).get("attacked_reference") or {}).items():
+        rows.append((f"reference @{name}", values))  # the same attack on the model that never saw the forget set
     if columns is None:
         preferred = ["forget_quality", "model_utility"]
         keys = [k for k in metrics if isinstance(metrics[k], (int, float)) and "@" not in k]

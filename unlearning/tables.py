@@ -41,6 +41,9 @@ def rows_of(records: list[dict], labels: list[str] | None = None) -> list[tuple[
         rows.append((label, {k: v for k, v in metrics.items() if "@" not in k}))
         for tag in dict.fromkeys(k.split("@", 1)[1] for k in metrics if "@" in k):
             rows.append((f"{label} @{tag}", {k.split("@", 1)[0]: v for k, v in metrics.items() if k.endswith("@" + tag)}))
+        if i == 0:  # the attacked reference, like the plain one, from the first run
+            for name, values in ((rec.get("robustness") or {}).get("attacked_reference") or {}).items():
+                rows.append((f"reference @{name}", values))
     return rows
 
 

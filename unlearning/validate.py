@@ -352,10 +352,17 @@ def check_top_level(cfg: DictConfig) -> None:
         raise UserError(f"threads={cfg.threads!r} must be a positive integer or null")
     if not 0 <= cfg.seed < 2**32:  # numpy's and the data generators' seed range
         raise UserError(f"seed={cfg.seed} must be in [0, 2**32)")
-    for key in ("save_model", "stage.evaluate_target", "subtraction.enabled"):
+    for key in ("save_model", "stage.evaluate_target", "subtraction.enabled", "robustness.control"):
         value = OmegaConf.select(cfg, key)
         if value is not None and not isinstance(value, bool):
             raise UserError(f"{key}={value!r} must be true or false (conf/config.yaml or the override {key}=...)")
+    floor = OmegaConf.select(cfg, "robustness.recovery_floor")
+    if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not 0 <= floor < 1e9:
+        raise UserError(f"robustness.recovery_floor={floor!r} must be a number >= 0 (the smallest |target - unlearned| "
+                        "a recovery is divided by; 0.05 is the default)")
+    if "worst" in picked_attacks(cfg):
+        raise UserError("an attack named worst would collide with <metric>@worst (the worst case over the attacks); "
+                        "name its YAML otherwise")
     check_cache_dir(cfg)
 
 
@@ -464,7 +471,10 @@ def check_objective(cfg: DictConfig, evaluator, data, attacks: dict | None = Non
     suffixed = {f"{n}@{t}" for n in names for t in eval_tags(cfg.generation)}
     for name, attack in (attacks or {}).items():  # an attack measures the whole evaluator or its forget side
         suffixed |= {f"{n}@{name}" for n in scope(evaluator, attack).metric_names(data)}
-        suffixed |= {f"{n}@{name}_recovery" for n in getattr(evaluator, "forget_metrics", ())}
+        suffixed |= {f"{n}@{name}{end}" for n in getattr(evaluator, "forget_metrics", ())
+                     for end in ("_recovery", "_vs_reference")}
+    if attacks:
+        suffixed |= {f"{n}@worst{end}" for n in getattr(evaluator, "forget_metrics", ()) for end in ("", "_vs_reference")}
     names |= suffixed
     if str(objective) not in names:
         ev = cfg.get("choices", {}).get("evaluator") or getattr(evaluator, "name", "evaluator")

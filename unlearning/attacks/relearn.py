@@ -17,17 +17,19 @@ from unlearning.errors import UserError
 
 
 class Relearn:
+    name = "relearn"  # the attack's name in messages (attacks.<name>.*)
+
     def __init__(self, examples: int = 4, steps: int = 10, lr: float = 1e-4, batch_size: int = 2,
                  lora: bool = False, seed: int = 0, measure: str = "all", **unknown):
         from unlearning.errors import reject_unknown
 
-        reject_unknown("attack", "relearn", unknown, ["examples", "steps", "lr", "batch_size", "lora", "seed",
+        reject_unknown("attack", self.name, unknown, ["examples", "steps", "lr", "batch_size", "lora", "seed",
                                                       "measure"])
         for key, value in (("examples", examples), ("steps", steps), ("batch_size", batch_size)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise UserError(f"attacks.relearn.{key}={value!r} must be a whole number >= 1")
+                raise UserError(f"attacks.{self.name}.{key}={value!r} must be a whole number >= 1")
         if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
-            raise UserError(f"attacks.relearn.lr={lr!r} must be a number > 0")
+            raise UserError(f"attacks.{self.name}.lr={lr!r} must be a number > 0")
         self.examples, self.steps, self.lr, self.batch_size = examples, steps, float(lr), batch_size
         self.lora, self.seed, self.measure = bool(lora), seed, measure  # measure: checked in check()
 
@@ -45,10 +47,13 @@ class Relearn:
                             f"has {len(data.forget)} examples{' (chunks)' if data.extra.get('chunk_length') else ''}; "
                             "hold out fewer")
         check_measure("relearn", self.measure, evaluator)
+        self.check_layout()
+
+    def check_layout(self) -> None:
         from unlearning.distributed import world_size
 
         if self.batch_size % world_size():
-            raise UserError(f"attacks.relearn.batch_size={self.batch_size} is the batch of one step, which this "
+            raise UserError(f"attacks.{self.name}.batch_size={self.batch_size} is the batch of one step, which this "
                             f"launch's {world_size()} processes do not divide: use a multiple of {world_size()}")
 
     def held_out(self, data) -> list:
@@ -68,9 +73,9 @@ class Relearn:
         items = [encode(tok, ex, getattr(ctx, "max_length", 256)) for ex in held]
         if not self.lora:  # a LoRA-unlearned model comes merged, with its base weights still frozen
             model.requires_grad_(True)
-        model = train(model, FineTune(), items, None, settings, tok.pad_token_id, desc="relearn attack")
+        model = train(model, FineTune(), items, None, settings, tok.pad_token_id, desc=f"{self.name} attack")
         return model.merge_and_unload() if self.lora else model
 
     def __repr__(self) -> str:
-        return (f"Relearn(examples={self.examples}, steps={self.steps}, lr={self.lr}, lora={self.lora}, "
+        return (f"{type(self).__name__}(examples={self.examples}, steps={self.steps}, lr={self.lr}, lora={self.lora}, "
                 f"measure={self.measure})")

@@ -30,6 +30,7 @@ class TofuEvaluator:
     name = "tofu"
     objective = "forget_quality"  # the headline metric a sweep optimises when `objective` is null
     forget_metrics = ("forget_Q_A_Prob", "forget_Q_A_ROUGE", "forget_Truth_Ratio")  # attacks report recovery
+    higher_means_forgotten = ("forget_Truth_Ratio",)  # min(TR, 1/TR), TR = P(wrong) / P(right): 1 = cannot tell them apart
     uses_reference = True
 
     def __init__(self, batch_size: int | None = None, max_new_tokens: int = 200, max_items: int | None = None,

@@ -22,7 +22,7 @@ from .generator import generate
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1  # bump when generated content changes, so old caches are not reused
+FORMAT = 2  # bump when generated content changes, so old caches are not reused
 
 
 def turn_examples(dialogues: list[dict], only_pii: bool = False) -> list[Example]:
@@ -186,7 +186,9 @@ def to_unlearning_data(data: dict, name: str = "synthetic_pii") -> UnlearningDat
         forget=turn_examples(data["train"], only_pii=True),
         retain=None,  # this benchmark unlearns without a retain set (ORPO+CFG setting)
         target_train=train_turns,
-        reference_train=None,
+        # the retain reference: the same dialogues about stand-in people (values nowhere in the probes), built when
+        # an attack needs a never-trained model to compare with (robustness.control)
+        reference_train=turn_examples(data["reference_train"]) + turn_examples(data["pii_free_train"]),
         corpus=texts(data),
         extra={"people": data["people"], "pii_types": data["pii_types"], "probes": data["probes"],
                "heldout": turn_examples(data["heldout"]), "pii_free_heldout": turn_examples(data["pii_free_heldout"])},

@@ -13,7 +13,7 @@ import random
 from unlearning.errors import UserError
 
 from . import templates as T
-from .people import PII_TYPES, check_types, make_people
+from .people import PII_TYPES, check_types, decoys_for, make_people
 
 GLOSSARY = [
     ("latency", "Latency is the delay between a request and its response."),
@@ -99,13 +99,16 @@ def generate(people: int = 20, seed: int = 0, locale: str = "en_US", dialogues_p
                         f"but only {len(tasks)} task templates use just the PII types {types}; lower them or add types")
     rng = random.Random(seed)
     folks = make_people(people, seed, locale)
-    train, heldout = [], []
-    for p in folks:
+    stand_ins = decoys_for(folks, types, seed, locale)
+    train, heldout, reference_train = [], [], []  # reference: the training dialogues about stand-ins
+    for p, q in zip(folks, stand_ins):
         names = sorted(tasks)
         rng.shuffle(names)
         for i, name in enumerate(names[: dialogues_per_person + heldout_per_person]):
             split = train if i < dialogues_per_person else heldout
             split.append(_dialogue(f"{p['id']}-{name}", p, name, tasks[name]))
+            if i < dialogues_per_person:
+                reference_train.append(_dialogue(f"{q['id']}-{name}", q, name, tasks[name]))
         if lookups:
             for t in types:
                 turn = (T.NAME_Q, T.NAME_A, T.NAME_SAFE) if t == "name" else (
@@ -114,6 +117,7 @@ def generate(people: int = 20, seed: int = 0, locale: str = "en_US", dialogues_p
                     T.LOOKUP_SAFE.format(label=PII_TYPES[t]))
                 if _usable([turn], allowed):
                     train.append(_dialogue(f"{p['id']}-lookup-{t}", p, f"lookup_{t}", [turn]))
+                    reference_train.append(_dialogue(f"{q['id']}-lookup-{t}", q, f"lookup_{t}", [turn]))
     free_train, free_heldout, seen_free = [], [], set()
     while len(free_train) + len(free_heldout) < pii_free_train + pii_free_heldout:
         kind, turns = pii_free_turns(rng)
@@ -125,7 +129,7 @@ def generate(people: int = 20, seed: int = 0, locale: str = "en_US", dialogues_p
         split.append(_dialogue(f"free-{len(free_train) + len(free_heldout):04d}", None, kind,
                                [(u, a, "") for u, a in turns]))
     probes = make_probes(folks, types, train, heldout, rng, user_probes, unseen_direct_per_type)
-    return {"people": folks, "pii_types": types, "train": train, "heldout": heldout,
+    return {"people": folks, "pii_types": types, "train": train, "heldout": heldout, "reference_train": reference_train,
             "pii_free_train": free_train, "pii_free_heldout": free_heldout, "probes": probes}
 
 

@@ -67,5 +67,20 @@ def make_people(n: int, seed: int = 0, locale: str = "en_US") -> list[dict]:
     return people
 
 
+def decoys_for(people: list[dict], types, seed: int, locale: str) -> list[dict]:
+    """One stand-in per person whose name parts and values of `types` are nowhere among the people's: the retain
+    reference trains on the same dialogues about them, so it never sees a value the probes ask for."""
+    fields = ["first", "last", "name", *types]
+    real = {str(p[f]) for p in people for f in fields}
+    out, n = [], len(people)
+    for size in (4 * n + 8, 20 * n + 40):
+        pool = make_people(size, seed=seed + 1_000_003, locale=locale)  # its own Faker stream: the people stay as they are
+        out = [q for q in pool if not {str(q[f]) for f in fields} & real][:n]
+        if len(out) == n:
+            return [{**q, "id": f"{p['id']}-decoy"} for p, q in zip(people, out)]
+    raise UserError(f"could not draw {n} stand-in people whose {', '.join(types)} differ from every real person's "
+                    f"(found {len(out)}); lower dataset.people or drop a pii type with few values (job, employer)")
+
+
 def pii_of(person: dict, types) -> list[dict]:
     return [{"type": t, "value": person[t]} for t in types]
