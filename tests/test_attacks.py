@@ -471,3 +471,10 @@ def test_narrowing_a_presets_attacks_runs_only_the_picked_ones(data_dir):
     cfg = compose(["experiment=tofu_smollm2_full", "attack=[quant8]"])
     assert set(cfg.attacks) == {"quant8", "relearn", "quant4"}  # what Hydra composes
     assert list(validate(cfg).attacks) == ["quant8"]
+
+
+def test_the_standard_preset_picks_the_literatures_attacks(data_dir):
+    parts = validate(compose(["attack=[standard,quant8]", "attacks.benign.examples=3"]))
+    assert list(parts.attacks) == ["relearn", "benign", "quant4", "paraphrase", "icl", "quant8"]
+    assert parts.attacks["benign"].examples == 3 and parts.attacks["quant4"].bits == 4
+

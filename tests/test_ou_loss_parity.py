@@ -48,16 +48,18 @@ REF = Path(os.environ.get("UNLEARNING_REFERENCE_DIR", ROOT.parent / "shared" / "
 STATES = ("initial", "perturbed")
 GRAD_PARAMS = ("model.embed_tokens.weight", "model.layers.0.self_attn.q_proj.weight",
                "model.layers.15.mlp.down_proj.weight", "model.layers.29.mlp.down_proj.weight", "model.norm.weight")
-# Relative tolerances, measured on the run docs/parity.md names. Loss: 2e-6 (largest measured 3.6e-7; most are
-# bit-identical). Gradient norms: 1e-5 (largest measured 1.6e-6: float32 accumulation order, the two sides' autograd
+# Relative tolerances. OU's records were made on a 2-core Intel Xeon (Sapphire Rapids, AVX512); float32 kernels
+# sum in another order on other CPUs. Loss: 2e-5 (largest measured 3.6e-7 on that Xeon, most bit-identical; 6.5e-6
+# (CE-U) on a 2-core AMD EPYC with AVX2 only, 2026-12-07; the deliberate differences tested below are >= 1e-3).
+# Gradient norms: 5e-5 (1.3e-5 measured on that AMD EPYC, GradDiff_KL perturbed). Gradient norms: 1e-5 (largest measured 1.6e-6: float32 accumulation order, the two sides' autograd
 # graphs differ: the project's fused cross_entropy against transformers' loss), except where OU sums per-sequence NLL
 # (NPO, IdkDPO): OU computes it with cross_entropy over the *transposed* logits, whose fp32 log-softmax along a
 # strided dimension is off the exact value (docs/parity.md, "a second, smaller artefact"); its gradient inherits
 # that, and the NPO gradient norms differ by up to 1.6e-4 (q_proj of layer 0; 1.4e-4 in the total). Checked off-line:
 # the same NPO loss with OU's transposed call reproduces OU's norms to 1e-11, with the contiguous call this
-# project's to the last digit, so 3e-4 there is OU's artefact, not a formula difference. The losses agree to 2e-6
-# even there: the error cancels in model - reference log-ratios.
-LOSS_RTOL, GRAD_RTOL = 2e-6, 1e-5
+# project's to the last digit, so 3e-4 there is OU's artefact, not a formula difference. The losses agree to the
+# loss tolerance even there: the error cancels in model - reference log-ratios.
+LOSS_RTOL, GRAD_RTOL = 2e-5, 5e-5
 GRAD_RTOL_TRANSPOSED = {"NPO": 3e-4, "IdkDPO": 3e-4}
 # Gradients are checked in the perturbed state (where the reference and the model differ, so KL, log-ratios and
 # their gradients are not zero), losses in both; UNLEARNING_OU_LOSS_FULL=1 backpropagates everywhere.
