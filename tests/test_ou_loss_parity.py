@@ -51,9 +51,10 @@ GRAD_PARAMS = ("model.embed_tokens.weight", "model.layers.0.self_attn.q_proj.wei
 # Relative tolerances. OU's records were made on a 2-core Intel Xeon (Sapphire Rapids, AVX512); float32 kernels
 # sum in another order on other CPUs. Loss: 2e-5 (largest measured 3.6e-7 on that Xeon, most bit-identical; 6.5e-6
 # (CE-U) on a 2-core AMD EPYC with AVX2 only, 2026-12-07; the deliberate differences tested below are >= 1e-3).
-# Gradient norms: 5e-5 (1.3e-5 measured on that AMD EPYC, GradDiff_KL perturbed). Gradient norms: 1e-5 (largest measured 1.6e-6: float32 accumulation order, the two sides' autograd
-# graphs differ: the project's fused cross_entropy against transformers' loss), except where OU sums per-sequence NLL
-# (NPO, IdkDPO): OU computes it with cross_entropy over the *transposed* logits, whose fp32 log-softmax along a
+# Gradient norms: 5e-5 (largest measured 1.6e-6 on the Xeon, 1.3e-5 on the AMD EPYC, GradDiff_KL perturbed: float32
+# accumulation order, the two sides' autograd graphs differ: the project's fused cross_entropy against
+# transformers' loss), except where OU sums per-sequence NLL (NPO, IdkDPO): OU computes it with cross_entropy over
+# the *transposed* logits, whose fp32 log-softmax along a
 # strided dimension is off the exact value (docs/parity.md, "a second, smaller artefact"); its gradient inherits
 # that, and the NPO gradient norms differ by up to 1.6e-4 (q_proj of layer 0; 1.4e-4 in the total). Checked off-line:
 # the same NPO loss with OU's transposed call reproduces OU's norms to 1e-11, with the contiguous call this
