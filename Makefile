@@ -65,7 +65,7 @@ figures-pii-seed: $(VENV)/.installed
 	  --labels "ORPO (plain pairs),ORPO CFG-aware,ORPO CFG-aware + subtraction" --columns $(PII_COLS) \
 	  --update docs/orpo_cfg.md --marker pii_seed
 
-# The seed's table at the benchmark's own size (issue 12): 20 people, 10 PII types, model-written replacements,
+# The ORPO+CFG paper's table at the benchmark's own size: 20 people, 10 PII types, model-written replacements,
 # every gamma and every attack. Resumable: re-running it skips finished rows and resumes the interrupted one.
 # The paper's method (CFG-aware ORPO) runs first, so an interrupted run has its main row first.
 PAPER_COLS := $(PII_COLS),leakage_rate_type_name,leakage_rate_type_email,leakage_rate_type_phone,leakage_rate_type_address,leakage_rate_type_dob,leakage_rate_type_national_id,leakage_rate_type_credit_card,leakage_rate_type_iban,leakage_rate_type_employer,leakage_rate_type_job
@@ -76,7 +76,7 @@ figures-pii-paper: $(VENV)/.installed
 	  --labels "ORPO (plain pairs),ORPO CFG-aware,ORPO CFG-aware + subtraction" --columns $(PAPER_COLS) \
 	  --update docs/orpo_cfg.md --marker pii_paper
 
-# TOFU forget01, NPO and SimNPO on SmolLM2, the whole evaluation (400 retain questions) and every attack (issue 12).
+# TOFU forget01, NPO and SimNPO on SmolLM2, the whole evaluation (400 retain questions) and every attack.
 TOFU_COLS := forget_quality,model_utility,forget_Q_A_Prob,forget_Q_A_ROUGE,forget_Truth_Ratio,retain_Q_A_Prob,retain_Q_A_ROUGE,ra_Q_A_Prob_normalised,wf_Q_A_Prob_normalised
 figures-tofu-full: $(VENV)/.installed
 	$(VENV)/bin/unlearning -m experiment=tofu_smollm2_full method=npo,simnpo resume=true hydra.sweep.dir=$(FIG)/tofu_full

@@ -1,4 +1,4 @@
-"""Every method's loss and gradient held to OpenUnlearning's own trainers, on OU's own tensors (issue 29, part 4).
+"""Every method's loss and gradient held to OpenUnlearning's own trainers, on OU's own tensors.
 
 The reference (`../shared/reference/ou_losses_smollm2`, its README says how it was made) is one
 `trainer.compute_loss(model, inputs); loss.backward()` per OU trainer (commit d3d7cf9, transformers 4.51.3, fp32,

@@ -165,7 +165,7 @@ def test_every_shipped_preset_validates(data_dir):
 
 
 def test_the_benchmark_size_presets_are_the_benchmarks_own_size(data_dir):
-    """Issue 12's part 3: the PII preset at the dataset's default size, TOFU with the whole evaluation."""
+    """The PII paper preset at the dataset's default size, TOFU with the whole evaluation."""
     pii = compose(["experiment=pii_paper"])
     defaults = compose(["dataset=synthetic_pii"]).dataset
     for key in ("people", "dialogues_per_person", "heldout_per_person", "pii_free_train", "pii_free_heldout",

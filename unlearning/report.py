@@ -262,7 +262,7 @@ def attacked_metric(rows) -> tuple[str, list[str]] | None:
 
 
 def plot_robustness(rows, baselines: dict, path: Path, params: list[str] = ()) -> dict | None:
-    """Robustness (issue 12): a forget metric after unlearning and after each attack, per method: the mean over its
+    """Robustness: a forget metric after unlearning and after each attack, per method: the mean over its
     jobs, with the 95% t interval over seeds as an error bar where the method's jobs differ in `seed` alone (none
     where another swept value differs too: that spread is not a seed interval). Returns what was drawn, method ->
     column -> (mean, half-width or None); None without attacks."""
