@@ -475,6 +475,7 @@ def test_narrowing_a_presets_attacks_runs_only_the_picked_ones(data_dir):
 
 def test_the_standard_preset_picks_the_literatures_attacks(data_dir):
     parts = validate(compose(["attack=[standard,quant8]", "attacks.benign.examples=3"]))
-    assert list(parts.attacks) == ["relearn", "benign", "quant4", "paraphrase", "icl", "quant8"]
+    assert list(parts.attacks) == ["relearn", "benign", "quant4", "paraphrase", "icl", "prefix_injection", "role_play",
+                                   "background_hint", "multiple_choice", "quant8"]
     assert parts.attacks["benign"].examples == 3 and parts.attacks["quant4"].bits == 4
 

@@ -470,8 +470,9 @@ def check_objective(cfg: DictConfig, evaluator, data, attacks: dict | None = Non
     names = set(evaluator.metric_names(data))
     suffixed = {f"{n}@{t}" for n in names for t in eval_tags(cfg.generation)}
     for name, attack in (attacks or {}).items():  # an attack measures the whole evaluator or its forget side
-        suffixed |= {f"{n}@{name}" for n in scope(evaluator, attack).metric_names(data)}
-        suffixed |= {f"{n}@{name}{end}" for n in getattr(evaluator, "forget_metrics", ())
+        own = getattr(attack, "forget_metrics", None)  # an attack with its own scoring (multiple choice)
+        suffixed |= {f"{n}@{name}" for n in (own or scope(evaluator, attack).metric_names(data))}
+        suffixed |= {f"{n}@{name}{end}" for n in (own or getattr(evaluator, "forget_metrics", ()))
                      for end in ("_recovery", "_vs_reference")}
     if attacks:
         suffixed |= {f"{n}@worst{end}" for n in getattr(evaluator, "forget_metrics", ()) for end in ("", "_vs_reference")}

@@ -14,7 +14,8 @@ touches the
 saved or evaluated unlearned model: it works on a deep copy (LoRA adapters merged into it).
 Three shapes: a weight perturbation (`apply`: quantize), training on held-out forget examples then
 evaluating on the rest (`split` + `apply`: relearn, whose unlearned and target baselines are measured
-on that rest), and a change of the probes only (`data_only` + `transform`: paraphrase, icl).
+on that rest), and a change of the probes only (`data_only` + `transform`: paraphrase, icl, the adversarial prompt
+families of jailbreak.py; `multiple_choice` scores its own options with `score` and names its own `forget_metrics`).
 What is measured again (`measure`): a weight attack re-runs the whole evaluator (`all`, the default) or only
 its forget side (`forget`: TOFU's forget split, the PII probes without utility); a data-only attack always
 measures the forget side, as everything else is asked exactly as in the plain evaluation, of the same model,
@@ -127,6 +128,14 @@ def worst_case(evaluator, out: dict, names: list[str]) -> dict:
     return worst
 
 
+def evaluate_attacked(attack, evaluator, model, tok, data, ctx, reference):
+    """The evaluator's own evaluation of the attacked model, or the attack's own scoring where it has one (a
+    multiple-choice probe is scored by likelihood of its options: attacks/jailbreak.py)."""
+    if hasattr(attack, "score"):
+        return attack.score(evaluator, model, tok, data, ctx)
+    return scope(evaluator, attack).evaluate(model, tok, data, ctx, reference=reference)
+
+
 class _Reference:
     """The never-trained model (retain reference), loaded on first use and kept for every attack of the run."""
 
@@ -172,7 +181,7 @@ def run_attacks(attacks: dict, evaluator, model, tok, data, ctx, reference: dict
         if attack_ctx is not ctx:  # one precision for every term: the baselines again without bf16 autocast
             unlearned, target_rest = baselines_on(scope(evaluator, attack), model, tok, eval_data, attack_ctx,
                                                   reference, load_target)
-        result = scope(evaluator, attack).evaluate(perturbed, tok, eval_data, attack_ctx, reference=reference)
+        result = evaluate_attacked(attack, evaluator, perturbed, tok, eval_data, attack_ctx, reference)
         del perturbed
         result["recovery_baselines"] = {"unlearned": unlearned, "target": target_rest}  # what recoveries divide by
         control = None
@@ -183,7 +192,7 @@ def run_attacks(attacks: dict, evaluator, model, tok, data, ctx, reference: dict
                 attacked_ref = ref.get()
             else:
                 attacked_ref = attack.apply(fresh_copy(ref.get()), tok, data, ctx)
-            control = scope(evaluator, attack).evaluate(attacked_ref, tok, eval_data, attack_ctx, reference=reference)
+            control = evaluate_attacked(attack, evaluator, attacked_ref, tok, eval_data, attack_ctx, reference)
             del attacked_ref
             notes["attacked_reference"][name] = control["aggregates"]
         if getattr(ctx, "out_dir", None) is not None:
@@ -192,10 +201,10 @@ def run_attacks(attacks: dict, evaluator, model, tok, data, ctx, reference: dict
                 write_json(ctx.out_dir / "eval" / f"{evaluator.name}@{name}_reference.json", control)
         for key, value in result["aggregates"].items():
             out[f"{key}@{name}"] = value
-        for key in getattr(evaluator, "forget_metrics", ()):
+        for key in getattr(attack, "forget_metrics", None) or getattr(evaluator, "forget_metrics", ()):
             after = result["aggregates"].get(key)
             args = (after, unlearned.get(key), target_rest.get(key))
-            why = recovery_null_reason(*args, floor)
+            why = getattr(attack, "no_recovery", None) or recovery_null_reason(*args, floor)
             out[f"{key}@{name}_recovery"] = None if why else recovery(*args)
             if why:
                 notes["null_reasons"][f"{key}@{name}_recovery"] = why

@@ -49,7 +49,11 @@ def chat_template_ids(tokenizer, messages: list[dict], add_generation_prompt: bo
 
 
 def prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
-    """Token ids of a chat prompt ending with the assistant header (generation prompt)."""
+    """Token ids of a chat prompt ending with the assistant header (generation prompt); a last assistant message is
+    a prefill: its text follows the header, and the answer (or the generation) continues it."""
+    if messages and messages[-1]["role"] == "assistant":
+        prefill = tokenizer(messages[-1]["content"], add_special_tokens=False)["input_ids"]
+        return chat_template_ids(tokenizer, messages[:-1], add_generation_prompt=True) + list(prefill)
     return chat_template_ids(tokenizer, messages, add_generation_prompt=True)
 
 

@@ -123,7 +123,8 @@ class TofuEvaluator:
             if not examples:
                 continue
             p = SPLITS[split]["prefix"]
-            rows = [{"id": ex.id, "question": ex.messages[-1]["content"], "answer": ex.answer} for ex in examples]
+            rows = [{"id": ex.id, "question": next(m["content"] for m in reversed(ex.messages) if m["role"] == "user"),
+                     "answer": ex.answer} for ex in examples]
             nlls = self._likelihoods(model, tokenizer, split, examples, bf16)
             aggregates.update(self._probability(split, nlls, rows))
             aggregates.update(self._truth_ratio(split, nlls, rows))
