@@ -145,3 +145,29 @@ def test_lora_target_modules_are_checked_against_the_model_before_any_work(tmp_p
     one_line_error(r, "trainer.lora.target_modules: no_such_proj matches no linear or embedding module",
                    "it has embed_tokens, q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj, lm_head")
     assert not (tmp_path / "c" / "stages").exists()  # nothing was built
+
+
+def test_a_key_of_an_attack_that_is_not_picked_is_refused_in_one_line(tmp_path):
+    """attacks.<name>.* is read only for a picked attack: setting it otherwise (plain, with +, or in one job of a
+    sweep) says so and how to pick it; a picked attack's key passes."""
+    hint = "attack quant4 is not picked, so nothing reads attacks.quant4.*; pick it with attack=[...,quant4]"
+    one_line_error(cli("--check", "attacks.quant4.bits=8", f"cache_dir={tmp_path}/c"), hint)
+    one_line_error(cli("--check", "+attacks.quant4.bits=8", f"cache_dir={tmp_path}/c"), hint)
+    r = cli("--check", "-m", "attack=[quant4],[]", "attacks.quant4.bits=8", f"cache_dir={tmp_path}/c")
+    one_line_error(r, "job 1 (", hint)  # job 0 picks it, job 1 does not
+    ok = cli("--check", "attack=[quant4]", "attacks.quant4.bits=8", f"cache_dir={tmp_path}/c")
+    assert ok.returncode == 0, ok.stderr[-1500:]
+
+
+def test_an_attack_of_a_preset_is_dropped_with_a_deletion(tmp_path):
+    """attack=standard includes prefix_injection, which OU's prompts have no place for: refused, with the way out
+    named, and `~attacks.prefix_injection` (Hydra's deletion) drops it."""
+    args = ("--check", "attack=standard", "evaluator.compat=openunlearning", f"cache_dir={tmp_path}/c")
+    one_line_error(cli(*args), "prefix_injection prefills the assistant turn", "~attacks.prefix_injection")
+    ok = cli(*args, "~attacks.prefix_injection")
+    assert ok.returncode == 0 and "ok" in ok.stdout, ok.stderr[-1500:]
+
+
+def test_idk_dpos_refusal_file_is_checked_by_check(tmp_path):
+    one_line_error(cli("--check", "method=idk_dpo", "method.refusal_file=/nope.jsonl", f"cache_dir={tmp_path}/c"),
+                   "refusal file not found: /nope.jsonl")

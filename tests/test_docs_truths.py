@@ -154,25 +154,28 @@ def test_the_checker_catches_a_renamed_key_and_a_missing_option():
     assert problems_of("hydra.launcher.no_such_field=4", keys, options, top) != []
 
 
-def help_examples() -> list[str]:
-    footer = yaml.safe_load((CONF / "hydra" / "help" / "unlearning.yaml").read_text())["footer"]
-    return [line.split("#", 1)[0].strip() for line in footer.splitlines() if line.strip().startswith("unlearning")]
+def help_examples(app: str = "unlearning") -> list[str]:
+    """The example commands of `<app> --help` (conf/hydra/help/<app>.yaml's footer)."""
+    footer = yaml.safe_load((CONF / "hydra" / "help" / f"{app.replace('-', '_')}.yaml").read_text())["footer"]
+    return [line.split("#", 1)[0].strip() for line in footer.splitlines()
+            if line.strip().split(" ", 1)[0] == app]
 
 
-@pytest.mark.parametrize("example", help_examples())
+@pytest.mark.parametrize("example", help_examples() + help_examples("unlearning-eval"))
 def test_help_examples_validate(example, data_dir, monkeypatch, tmp_path):
     from unlearning.cli_checks import check_overrides, validate_jobs
 
-    args = shlex.split(example)[1:]
+    app, *args = shlex.split(example)
     if args[:1] == ["--cfg"]:
         return
     monkeypatch.chdir(tmp_path)
     check_overrides(args, CONF_DIR)
-    assert validate_jobs(args, CONF_DIR) >= 1
+    assert validate_jobs(args, CONF_DIR, evaluation_only=app == "unlearning-eval") >= 1
 
 
 def test_help_shows_examples():
-    assert len(help_examples()) >= 4
+    assert len(help_examples()) >= 4 and len(help_examples("unlearning-eval")) >= 3
+    assert any("--check" in e for e in help_examples())
 
 
 ENV = re.compile(r"\bUNLEARNING_[A-Z0-9_]*[A-Z0-9]")

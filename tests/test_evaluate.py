@@ -62,7 +62,8 @@ def test_a_reference_result_file_replaces_evaluating_the_reference(evaluated, ti
 
 
 @pytest.mark.parametrize("args, message", [
-    (["reference_result=/nonexistent/tofu.json"], "error: reference_result=/nonexistent/tofu.json cannot be read"),
+    (["reference_result=/nonexistent/tofu.json"], "error: reference_result=/nonexistent/tofu.json does not exist; give the "
+     "retain reference's eval/<evaluator>.json"),
     (["reference_result=/x.json", "stage.reference_path={model}"], "error: give stage.reference_path (a model to evaluate)"),
     (["evaluator.compat=ou", SPLIT], "error: evaluator.compat='ou' is unknown"),
     # the forget split must be named: the default forget01 would score a forget10 checkpoint on the wrong questions
@@ -108,3 +109,20 @@ def test_openunlearnings_own_tofu_eval_json_is_a_reference_result(tiny_folder, t
     theirs = [0.6924388792714714, 0.4283347446510899, 0.7622771253922366, 1.0430524370973153]  # OU's items 0-3
     assert len(ours) == 4
     assert record["metrics"]["forget_quality"] == pytest.approx(ks_2samp(ours, theirs).pvalue, abs=1e-12)
+
+
+def test_eval_help_is_its_own():
+    r = cli_eval("--help")
+    assert r.returncode == 0, r.stderr[-1500:]
+    assert r.stdout.startswith("unlearning-eval: evaluate a model as it is")
+    assert "reference_result=" in r.stdout and "dataset.forget_split=forget01" in r.stdout
+
+
+def test_ous_own_evaluation_without_compat_is_warned_about_at_check(tiny_folder):
+    args = ("--check", "model=hf", f"model.path={tiny_folder}", f"reference_result={OU_EVAL}")
+    r = cli_eval(*args)
+    assert r.returncode == 0, r.stderr[-1500:]
+    assert "warning: reference_result is OpenUnlearning's own evaluation" in r.stderr
+    assert "evaluator.compat=openunlearning" in r.stderr
+    quiet = cli_eval(*args, "evaluator.compat=openunlearning")
+    assert quiet.returncode == 0 and "OpenUnlearning's own evaluation" not in quiet.stderr, quiet.stderr[-1500:]

@@ -154,6 +154,8 @@ def main() -> int:
 
     if MODE["eval"]:
         args = eval_folders(args)
+        if any(a in ("--help", "-h") for a in args):  # the evaluation's own usage (conf/hydra/help/unlearning_eval.yaml)
+            args.append("hydra/help=unlearning_eval")
     sys.argv = [sys.argv[0], *same_folders_on_every_rank(args)]
     import hydra
 

@@ -34,15 +34,15 @@ def check_overrides(args: list[str], conf_dir: str) -> None:
     overrides, _ = _plain_overrides(args)
     groups = _groups(conf_dir)
     for o in overrides:
-        if "=" not in o:
+        if "=" not in o and not o.startswith("~"):  # ~key deletes a key (Hydra), e.g. ~attacks.prefix_injection
             raise UserError(f"argument {o!r} is not an override; write key=value (or group=option), "
                             "see `unlearning --help`")
-        key, value = o.split("=", 1)
+        key, value = o.split("=", 1) if "=" in o else (o, "")
         key = key.lstrip("+~")
         if key == "hydra.callbacks.sweep_summary.table" and value not in ("ou_tofu_repro", "null"):
             raise UserError(f"{o}: the sweep-end table is ou_tofu_repro (OU's TOFU repro.md table) or null")
         if key in groups and not key.startswith("hydra"):
-            for v in value.strip("[]").split(","):  # a,b sweeps and [a,b] multi-selections (attack=)
+            for v in value.replace("[", ",").replace("]", ",").split(","):  # a,b sweeps, [a,b] selections, [a],[b]
                 v = v.strip()
                 if v and v != "null" and v not in groups[key] and not v.startswith(("choice(", "range(", "glob(")):
                     raise UserError(f"unknown option {key}={v}: conf/{key}/ has {', '.join(groups[key])}")
@@ -50,13 +50,25 @@ def check_overrides(args: list[str], conf_dir: str) -> None:
     plain = [o for o in overrides if not o.split("=", 1)[0].lstrip("+~").startswith("hydra")]
     if sweeping:
         # Sweep values like a=1,2 cannot be composed as one config; check the first value of each.
-        plain = [o.split("=", 1)[0] + "=" + _first(o.split("=", 1)[1]) for o in plain]
+        plain = [_first_job(o) for o in plain]
     _compose(conf_dir, plain)
 
 
+def _first_job(override: str) -> str:
+    """The override as the first job of a sweep sees it (`a=1,2` -> `a=1`; a deletion `~key` as it is)."""
+    if "=" not in override:
+        return override
+    key, value = override.split("=", 1)
+    return f"{key}={_first(value)}"
+
+
 def _first(value: str) -> str:
-    if value.startswith(("choice(", "range(", "interval(", "glob(", "tag(")) or value.startswith(("[", "{")):
-        return value if not value.startswith(("choice(", "range(", "interval(", "glob(", "tag(")) else "null"
+    if value.startswith(("choice(", "range(", "interval(", "glob(", "tag(")):
+        return "null"
+    if value.startswith("[") and "]" in value:  # [a,b] or a sweep of lists [a],[a,b]: the first list
+        return value[: value.index("]") + 1]
+    if value.startswith("{"):
+        return value
     return value.split(",")[0]
 
 
@@ -67,13 +79,46 @@ def _compose(conf_dir: str, overrides: list[str]) -> None:
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=conf_dir, version_base="1.3"):
-            compose(config_name="config", overrides=overrides)
+            cfg = compose(config_name="config", overrides=overrides)
     except Exception as e:
         lines = [line.strip() for line in str(e).splitlines() if line.strip()]
         msg = "; ".join(lines[:2]) if lines else type(e).__name__
+        check_attack_keys(_composed_without_attack_keys(conf_dir, overrides), overrides)  # Hydra's hint (+attacks.X...) would
         raise UserError(f"bad override: {msg} (see `unlearning --cfg job` for the composed config)") from None
     finally:
         GlobalHydra.instance().clear()
+    check_attack_keys(cfg, overrides)
+
+
+def _composed_without_attack_keys(conf_dir: str, overrides: list[str]):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=conf_dir, version_base="1.3"):
+            return compose(config_name="config", overrides=[o for o in overrides
+                                                            if not o.lstrip("+~").startswith("attacks.")])
+    except Exception:
+        return None
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def check_attack_keys(cfg, overrides: list[str]) -> None:
+    """`attacks.<name>.<key>=...` for an attack the `attack` group did not pick would set something no run reads
+    (a picked attack's node has its `_target_`). `cfg` None: nothing to check against."""
+    for o in overrides:
+        key = o.split("=", 1)[0].lstrip("+~")
+        parts = key.split(".")
+        if parts[0] != "attacks" or len(parts) < 3 or o.startswith("~"):
+            continue
+        if cfg is None:
+            return
+        node = (cfg.get("attacks") or {}).get(parts[1])
+        if node is None or not hasattr(node, "get") or node.get("_target_") is None:
+            raise UserError(f"{o}: attack {parts[1]} is not picked, so nothing reads attacks.{parts[1]}.*; pick it "
+                            f"with attack=[...,{parts[1]}] (conf/attack/) and then set {'.'.join(parts)}")
 
 
 def job_overrides(overrides: list[str], sweeping: bool) -> list[list[str]]:
@@ -86,7 +131,7 @@ def job_overrides(overrides: list[str], sweeping: bool) -> list[list[str]]:
     parsed = OverridesParser.create().parse_overrides(overrides)
     if any(o.is_sweep_override() and not o.is_discrete_sweep() for o in parsed):
         # interval()/tag() searches (Optuna) have no job list before they run: check their first values
-        return [[o.split("=", 1)[0] + "=" + _first(o.split("=", 1)[1]) for o in overrides]]
+        return [[_first_job(o) for o in overrides]]
     return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
 
 
@@ -108,6 +153,10 @@ def validate_jobs(args: list[str], conf_dir: str, evaluation_only: bool = False)
                 cfg = compose(config_name="config", overrides=job, return_hydra_config=True)
         except Exception as e:
             lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+            try:
+                check_attack_keys(_composed_without_attack_keys(conf_dir, job), job)
+            except UserError as unpicked:
+                raise UserError(f"job {n} ({' '.join(job)}): {unpicked}") from None
             raise UserError(f"job {n} ({' '.join(job)}): bad override: {'; '.join(lines[:2])}") from None
         finally:
             GlobalHydra.instance().clear()
@@ -115,6 +164,7 @@ def validate_jobs(args: list[str], conf_dir: str, evaluation_only: bool = False)
             cfg.choices = {k: v for k, v in cfg.hydra.runtime.choices.items() if not k.startswith("hydra") or k == "hydra/launcher"}
             del cfg["hydra"]
         try:
+            check_attack_keys(cfg, job)
             if evaluation_only:  # unlearning-eval's own checks (the forget split, the reference result)
                 from unlearning.evaluate import check_eval
 

@@ -32,9 +32,6 @@ def evaluate_model(cfg: DictConfig, out_dir: str | Path, overrides: list[str] | 
     t_start = time.perf_counter()
     reference_result = check_eval(cfg, overrides)                  # the forget split, the reference result
     parts = validate(cfg, evaluation_only=True)                    # every component built and checked: no weights yet
-    if (reference_result or {}).get("source") == "openunlearning" and not cfg.evaluator.get("compat"):
-        log.warning("reference_result is OpenUnlearning's own evaluation; forget_quality compares its truth ratios with "
-                    "this project's scoring: give evaluator.compat=openunlearning to score the model as OU did")
     out_dir = make_run_folder(out_dir)
     ctx = RunContext(cfg=cfg, out_dir=out_dir, cache_dir=str(cfg.cache_dir), device=pick_device(cfg.device),
                      max_length=int(cfg.max_length), generation=cfg.generation, data_dir=cfg.get("data_dir"),
@@ -102,6 +99,10 @@ def check_eval(cfg: DictConfig, overrides: list[str] | None) -> dict | None:
         raise UserError("give stage.reference_path (a model to evaluate) or reference_result (its evaluation), not both")
     split = cfg.dataset.get("forget_split") if "forget_split" in cfg.dataset else None
     reference_result = load_reference_result(cfg.get("reference_result"), split)
+    if (reference_result or {}).get("source") == "openunlearning" and not cfg.evaluator.get("compat"):
+        log.warning("warning: reference_result is OpenUnlearning's own evaluation, scored its way; this model is scored "
+                    "this project's way, so forget_quality compares two scorings: give evaluator.compat=openunlearning "
+                    "to score the model as OU did")
     if split is None:
         return reference_result
     implied = []
@@ -150,19 +151,25 @@ def load_reference_result(path, split: str | None = None) -> dict | None:
     if not path:
         return None
     p = Path(str(path)).expanduser()
+    if not p.exists():
+        raise UserError(f"reference_result={path} does not exist; give the retain reference's eval/<evaluator>.json "
+                        "(or its run folder), or OpenUnlearning's TOFU_EVAL.json (its published retain logs: "
+                        "docs/parity.md, 'OU's own evaluation as the reference')")
     if p.is_dir() and (p / "TOFU_EVAL.json").is_file():
         p = p / "TOFU_EVAL.json"
     if p.is_dir():
         found = sorted(p.glob("eval/*.json"))
         found = [f for f in found if "@" not in f.name]
         if not found:
-            raise UserError(f"reference_result={path}: no eval/<evaluator>.json in that folder; give the file itself")
+            raise UserError(f"reference_result={path}: no eval/<evaluator>.json or TOFU_EVAL.json in that folder; give "
+                            "the file itself")
         p = found[0]
     try:
         result = json.loads(p.read_text())
     except (OSError, ValueError) as e:
         raise UserError(f"reference_result={path} cannot be read as JSON ({type(e).__name__}); give an "
-                        "eval/<evaluator>.json written by unlearning or unlearning-eval") from None
+                        "eval/<evaluator>.json written by unlearning or unlearning-eval, or OpenUnlearning's "
+                        "TOFU_EVAL.json") from None
     if isinstance(result, dict) and isinstance(result.get("forget_truth_ratio"), dict):
         return from_openunlearning(result, str(path), split)
     if not isinstance(result, dict) or "aggregates" not in result or "per_item" not in result:

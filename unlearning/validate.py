@@ -67,6 +67,8 @@ def validate(cfg: DictConfig, evaluation_only: bool = False) -> Parts:
     if data.target_train:  # empty: the dataset's target is the model as it is (WMDP), nothing to fine-tune
         check_steps(finetune, len(data.target_train), "model.finetune")
     method.check(bool(data.retain))
+    if hasattr(method, "check_files"):  # files a method reads itself (IdkDPO's refusals)
+        method.check_files(cfg.get("data_dir"))
     check_method_on_data(cfg, method, data)
     check_evaluator_on_data(cfg, evaluator, data)
     check_generation(cfg)

@@ -105,7 +105,8 @@ class PrefixInjection(_Family):
         super().check(evaluator, data)
         if getattr(evaluator, "compat", None):
             raise UserError("attack prefix_injection prefills the assistant turn, which OpenUnlearning's prompts "
-                            "(evaluator.compat=openunlearning) have no place for; run it with evaluator.compat=null")
+                            "(evaluator.compat=openunlearning) have no place for; run it with evaluator.compat=null, or drop it "
+                            "with ~attacks.prefix_injection (attack=standard and attack=jailbreak include it)")
 
     def tofu(self, ex, forget) -> list[dict]:
         return list(ex.messages) + [{"role": "assistant", "content": AFFIRMATIVE_START}]  # a prefill (data/base.py)

@@ -113,12 +113,16 @@ class IdkDPO(Method):
         self.share_prompt = bool(share_prompt)
         self.needs_retain = self.retain_weight > 0
 
-    def _refusals(self, ctx) -> list[str]:
+    def check_files(self, data_dir: str | None) -> None:
+        """Run by the validation phase (and `--check`): the refusals are there before any model loads."""
+        self._refusals(data_dir)
+
+    def _refusals(self, data_dir: str | None) -> list[str]:
         if self.refusals is not None:
             return self.refusals
         path = self.refusal_file
         if not path:
-            data_dir = getattr(ctx, "data_dir", None) or os.environ.get("UNLEARNING_DATA_DIR")
+            data_dir = data_dir or os.environ.get("UNLEARNING_DATA_DIR")
             if not data_dir:
                 raise UserError("method=idk_dpo needs refusals: set UNLEARNING_DATA_DIR (uses tofu/idontknow.jsonl), "
                                 "method.refusal_file=<path> or method.refusals=[...]")
@@ -126,7 +130,7 @@ class IdkDPO(Method):
         return load_refusals(path)
 
     def prepare(self, model, tokenizer, forget, retain, ctx):
-        refusals = self._refusals(ctx)
+        refusals = self._refusals(getattr(ctx, "data_dir", None))
         rng = random.Random(self.seed)
         max_len = getattr(ctx, "max_length", None) or 512
         for item in forget:
