@@ -155,3 +155,67 @@ def test_model_replacements_wait_for_the_run_and_are_cached_across_runs(tmp_path
     load_synthetic_pii(cache_dir=str(tmp_path), **SMALL,
                        replacement={"model": {**model, "hidden_size": 48}, "max_new_tokens": 4}).completed()
     assert len(list(cached.glob("*.json"))) == 2
+
+
+def test_a_rewrite_replaces_each_value_by_its_placeholder_and_keeps_every_other_character():
+    from unlearning.data.pii.replacement import rewrite
+
+    answer = "Hi Ann,\nAnn Lee was born on 03/04/1990; call 555-201-3344."
+    spans = [{"type": "name", "field": "first", "start": 3, "end": 6},
+             {"type": "phone", "field": "phone", "start": 45, "end": 57},  # given out of order on purpose
+             {"type": "name", "field": "name", "start": 8, "end": 15},
+             {"type": "dob", "field": "dob", "start": 28, "end": 38}]
+    assert rewrite(answer, spans) == ("Hi [first name],\n[name] was born on [date of birth]; call [phone number].")
+    assert rewrite("no values here", []) == "no values here"
+    with pytest.raises(ValueError, match="overlapping"):
+        rewrite(answer, spans + [{"type": "name", "field": "last", "start": 12, "end": 15}])
+
+
+def _without_spans(text: str, spans: list[dict]) -> str:
+    for s in sorted(spans, key=lambda s: s["start"], reverse=True):
+        text = text[: s["start"]] + text[s["end"]:]
+    return text
+
+
+def test_every_task_templates_rewrite_holds_no_value_and_keeps_the_answers_other_content(tmp_path):
+    """Every task template and lookup of every PII type (all ten types, enough people for every template): the
+    chosen answer is the rewrite, holds none of the person's values (exact substring and the detector), and with
+    its placeholders removed equals the original with its PII spans removed (all non-PII content kept)."""
+    import re
+
+    from unlearning.data.pii import build
+    from unlearning.data.pii.replacement import PLACEHOLDERS
+    from unlearning.data.pii.templates import TASKS
+
+    data = build(dict(people=12, dialogues_per_person=5, heldout_per_person=0, pii_free_train=2,
+                      pii_free_heldout=1), {})
+    people = {p["id"]: p for p in data["people"]}
+    detector = PiiDetector(data["people"])
+    turns = [(d, t) for d in data["train"] for t in d["turns"] if t["pii"]]
+    assert {d["template"] for d, _ in turns} == set(TASKS) | {f"lookup_{t}" for t in data["pii_types"]}
+    assert {s["type"] for _, t in turns for s in t["pii"]} == set(data["pii_types"])
+    placeholder = re.compile("|".join(re.escape(p) for p in PLACEHOLDERS.values()))
+    for d, t in turns:
+        assert t["safe_source"] == "rewrite", (d["template"], t["safe"])
+        values = [v for k, v in people[d["person"]].items() if k not in ("id",) and isinstance(v, str) and len(v) > 3]
+        assert [v for v in values if v in t["safe"]] == [] and detector.find(t["safe"]) == []
+        assert placeholder.sub("", t["safe"]) == _without_spans(t["assistant"], t["pii"])
+
+
+def test_the_replacement_chain_model_then_rewrite_then_template_is_counted_in_results(tmp_path):
+    """rewrite=false keeps the template text (mostly a refusal) for every pair; the default uses the rewrite; the
+    chosen answer's source is in each pair's meta, and results.json counts them (here: a whole tiny run)."""
+    from unlearning.data.pii import build
+    from unlearning.data.pii.templates import TASKS
+    from unlearning.run import chosen_sources
+
+    off = load_synthetic_pii(**SMALL, replacement={"rewrite": False})
+    templates = {safe for turns in TASKS.values() for _, _, safe in turns}
+    assert {ex.meta["chosen_source"] for ex in off.forget} == {"template"}
+    assert all(ex.meta["chosen"] in templates or ex.meta["template"].startswith("lookup_") for ex in off.forget)
+    on = load_synthetic_pii(**SMALL)
+    assert chosen_sources(on) == {"rewrite": len(on.forget)} and chosen_sources(off) == {"template": len(off.forget)}
+    assert [ex.meta["rejected"] for ex in on.forget] == [ex.meta["rejected"] for ex in off.forget]
+    assert build(dict(**SMALL), {"rewrite": True}) != build(dict(**SMALL), {"rewrite": False})
+    with pytest.raises(UserError, match="dataset.replacement.rewrite='yes' must be true or false"):
+        load_synthetic_pii(**SMALL, replacement={"rewrite": "yes"})

@@ -10,6 +10,7 @@ from omegaconf import OmegaConf
 from unlearning.data.pii import load_synthetic_pii
 from unlearning.errors import UserError
 from unlearning.eval.pii import PiiEvaluator, build_prompts, degenerate, leakage_aggregates, partial_leak
+from unlearning.eval.refusal import is_refusal
 from unlearning.models import TinyLlama
 from unlearning.pii_detector import contains_value
 
@@ -55,7 +56,22 @@ def test_aggregates_by_hand():
     assert agg["leakage_rate_direct"] == 0.5 and agg["leakage_rate_continuation"] == 0.0
     assert agg["leakage_rate_type_phone"] == pytest.approx(2 / 3) and agg["leakage_rate_type_email"] == 0.0
     assert agg["detector_pii_count"] == 4 and agg["detector_pii_per_answer"] == 1.0
+    assert agg["detector_pii_per_50"] == 50.0  # the paper's unit: 4 detections in 4 answers = 50 in 50
+    assert leakage_aggregates(records[:3])["detector_pii_per_50"] == pytest.approx(50 * 3 / 3)
+    assert leakage_aggregates(records[1:])["detector_pii_per_50"] == pytest.approx(50 * 2 / 3)
     assert agg["degenerate_rate"] == 0.25 and agg["num_probes"] == 4
+
+
+def test_over_refusal_by_hand():
+    from unlearning.eval.pii import utility_aggregates
+
+    def rec(answer, rouge):
+        return dict(answer=answer, rougeL_recall=rouge, rougeL_f=rouge, nll=1.0, degenerate=False,
+                    refusal=is_refusal(answer))
+    records = [rec("It ends at 10:45.", 1.0), rec("I can't share the date of a private individual.", 0.0),
+               rec("299 + 477 = 776.", 0.5), rec("I'm sorry, but I cannot help with that.", 0.0)]
+    agg = utility_aggregates(records)
+    assert agg["over_refusal_rate"] == 0.5 and agg["utility_rougeL_recall"] == 0.375
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +116,9 @@ def test_evaluator_on_a_real_tiny_model_with_and_without_guidance(small):
     # the forget side (what attacks measure): the same probes and leakage, no utility
     side = ev.forget_side()
     forget = side.evaluate(model, tok, data, None)
-    assert forget["aggregates"] == {k: v for k, v in agg.items() if not k.startswith("utility_")}
+    assert forget["aggregates"] == {k: v for k, v in agg.items()
+                                    if not k.startswith("utility_") and k != "over_refusal_rate"}
+    assert 0 <= agg["over_refusal_rate"] <= 1
     assert set(forget["per_item"]) == {"probes"} and ev.utility and "utility_nll" in ev.metric_names(data)
     assert "utility_nll" not in side.metric_names(data) and "leakage_rate" in side.metric_names(data)
 

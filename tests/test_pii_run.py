@@ -34,6 +34,10 @@ def test_whole_tiny_run(tmp_path):
     assert len(list((tmp_path / "cache" / "data" / "synthetic_pii").glob("*.json"))) == 1
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
     assert saved["metrics"] == record["metrics"]
+    # the chosen answers' sources: the model's where the detector passed it, else the rewrite (never the template:
+    # every rewrite passes); SMALL's 2 people x (1 task dialogue + 10 lookups) hold 22 to 24 PII-bearing turns
+    sources = saved["chosen_sources"]
+    assert set(sources) <= {"model", "rewrite"} and 22 <= sum(sources.values()) <= 24, sources
     per_item = json.loads((tmp_path / "run" / "eval" / "pii.json").read_text())["per_item"]
     assert len(per_item["probes"]) == 6 and {"answer", "leaked", "partial", "detected", "offtopic",
                                               "cross_leaked"} <= set(per_item["probes"][0])

@@ -360,6 +360,16 @@ def template_date(cfg) -> str:
     return str(OmegaConf.select(cfg, "model.date_string", default=None) or DATE_STRING)
 
 
+def chosen_sources(data) -> dict:
+    """How many forget pairs took their chosen answer from each source (the PII benchmark's replacement chain:
+    model, rewrite, template); empty for datasets without chosen answers."""
+    counts: dict[str, int] = {}
+    for ex in data.forget:
+        if "chosen_source" in ex.meta:
+            counts[ex.meta["chosen_source"]] = counts.get(ex.meta["chosen_source"], 0) + 1
+    return dict(sorted(counts.items()))
+
+
 def make_record(cfg, ctx, parts, result, baselines, stages, overrides, t_start) -> dict:
     metrics = result["aggregates"]
     ctx.timings["total_s"] = time.perf_counter() - t_start
@@ -374,6 +384,7 @@ def make_record(cfg, ctx, parts, result, baselines, stages, overrides, t_start) 
         "resumed_from": str(ctx.resume_from) if ctx.resume_from else None,
         **ctx.training_eval,  # "curve" and "selection" when trainer.eval_every is set
         **({"robustness": ctx.robustness} if ctx.robustness is not None else {}),
+        **({"chosen_sources": sources} if (sources := chosen_sources(parts.data)) else {}),
         "timings": ctx.timings, "stages": stages, "versions": versions(), "provenance": ctx.provenance,
         "config": OmegaConf.to_container(cfg, resolve=True),
     }

@@ -22,7 +22,7 @@ from .generator import generate
 
 log = logging.getLogger(__name__)
 
-FORMAT = 2  # bump when generated content changes, so old caches are not reused
+FORMAT = 3  # bump when generated content changes, so old caches are not reused
 
 
 def turn_examples(dialogues: list[dict], only_pii: bool = False) -> list[Example]:
@@ -75,15 +75,25 @@ def _stable(replacement: dict) -> dict:
 
 
 def build(options: dict, replacement: dict) -> dict:
-    data = generate(**options)
-    if replacement.get("model"):
-        from unlearning.pii_detector import PiiDetector
+    """The generated data with each PII-bearing turn's `safe` answer from the chain model -> rewrite -> template
+    (`replacement.py`) and its `safe_source` ("model", "rewrite" or "template")."""
+    from unlearning.pii_detector import PiiDetector
 
+    from .replacement import rewrite
+
+    data = generate(**options)
+    detector = PiiDetector(data["people"])
+    if replacement.get("rewrite", True):
+        for d in data["train"]:
+            for t in d["turns"]:
+                if t["pii"] and not detector.find(text := rewrite(t["assistant"], t["pii"])):
+                    t["safe"], t["safe_source"] = text, "rewrite"
+    if replacement.get("model"):
         from .replacement import model_replacements
 
         turns = [(d, i) for d in data["train"] for i, t in enumerate(d["turns"]) if t["pii"]]
         examples = [{"messages": _messages_before(d, i)} for d, i in turns]
-        answers = model_replacements(examples, replacement["model"], PiiDetector(data["people"]), texts(data),
+        answers = model_replacements(examples, replacement["model"], detector, texts(data),
                                      system_prompt=replacement.get("system_prompt"),
                                      max_new_tokens=replacement.get("max_new_tokens", 96),
                                      batch_size=replacement.get("batch_size", 8), bf16=replacement.get("bf16", False))
@@ -134,7 +144,8 @@ def load_synthetic_pii(name: str = "synthetic_pii", people: int = 20, seed: int 
             data = json.loads(path_.read_text(encoding="utf-8"))
             log.info("synthetic_pii: reusing %s", path_)
     if data is None and replacement.get("model") and not _now:
-        deferred = to_unlearning_data(build(options, {}), name)  # the same examples, template replacements
+        # the same examples, replacements without the model's
+        deferred = to_unlearning_data(build(options, {"rewrite": replacement.get("rewrite", True)}), name)
         deferred.complete = lambda: load_synthetic_pii(**args, _now=True)
         return deferred
     if data is None:
@@ -144,7 +155,7 @@ def load_synthetic_pii(name: str = "synthetic_pii", people: int = 20, seed: int 
     return to_unlearning_data(data, name)
 
 
-REPLACEMENT_KEYS = ("model", "system_prompt", "max_new_tokens", "batch_size", "bf16")
+REPLACEMENT_KEYS = ("rewrite", "model", "system_prompt", "max_new_tokens", "batch_size", "bf16")
 
 
 def check_options(locale, pii_types, probe_templates, replacement, **counts) -> None:
@@ -173,6 +184,8 @@ def check_options(locale, pii_types, probe_templates, replacement, **counts) -> 
     if model is not None and not (hasattr(model, "load") or (isinstance(model, dict) and model.get("_target_"))):
         raise UserError(f"dataset.replacement.model={model!r} must be a model config (e.g. dataset.replacement.model="
                         "${model}) or null")
+    if not isinstance(rep.get("rewrite", True), bool):
+        raise UserError(f"dataset.replacement.rewrite={rep['rewrite']!r} must be true or false")
     for key in ("max_new_tokens", "batch_size"):
         n = rep.get(key)
         if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):

@@ -1,14 +1,20 @@
-"""PII-free replacement answers: (a) templates, (b) optionally a model told not to use personal data.
+"""PII-free replacement answers, tried in this order for each PII-bearing answer:
 
-(a) is the `safe` text of each template turn (the answer's purpose without any value).
-(b) follows the ORPO+CFG paper's data generation: a configured model answers the same
-dialogue under a "no personal data" system prompt; only outputs the PII detector passes
-(and that are not empty or degenerate) replace the template text.
+(a) optionally a model told not to use personal data, after the ORPO+CFG paper's data generation (Smirnov
+    2024: an instructed model rewrites the answer without PII, an NER detector filters it): a configured model
+    answers the same dialogue under a "no personal data" system prompt; only outputs the PII detector passes
+    (and that are not empty or degenerate) are kept;
+(b) the rewrite (`rewrite`, default): the original answer with each personal value replaced by a neutral
+    placeholder naming its kind (`[email address]`), everything else kept, as the paper's rewrites keep the
+    answer and drop the personal data; kept where the detector passes it;
+(c) the `safe` text of the task template, mostly a refusal: the last fallback.
 """
 
 from __future__ import annotations
 
 import logging
+
+from unlearning.pii_detector import PII_TYPES
 
 log = logging.getLogger(__name__)
 
@@ -33,3 +39,21 @@ def model_replacements(examples: list[dict], model_cfg, detector, corpus: list[s
     log.info("pii replacements: the model's answer passed the detector for %d of %d turns",
              sum(a is not None for a in out), len(out))
     return out
+
+
+PLACEHOLDERS = {"name": "[name]", "first": "[first name]", "last": "[last name]",
+                **{t: f"[{label}]" for t, label in PII_TYPES.items() if t != "name"}}
+
+
+def rewrite(answer: str, spans: list[dict]) -> str:
+    """`answer` with each span ({"field" or "type", "start", "end"}, as `templates.render` gives them) replaced by
+    its placeholder; spans may come in any order but must not overlap."""
+    out, end = [], len(answer)
+    for span in sorted(spans, key=lambda s: s["start"], reverse=True):
+        if span["end"] > end:
+            raise ValueError(f"overlapping PII spans at {span['start']}..{span['end']}")
+        out.append(answer[span["end"]:end])
+        out.append(PLACEHOLDERS.get(span.get("field") or span["type"], PLACEHOLDERS[span["type"]]))
+        end = span["start"]
+    out.append(answer[:end])
+    return "".join(reversed(out))
