@@ -78,7 +78,7 @@ def test_unknown_group_option():
 
 
 def test_unknown_config_key():
-    one_line_error(cli("trainer.lrr=1"), "trainer.lrr")
+    one_line_error(cli("trainer.lrr=1"), "trainer.lrr: trainer has no key 'lrr'; it has lr, epochs, max_steps")
 
 
 def test_unknown_sweep_end_table():

@@ -126,3 +126,18 @@ def test_ous_own_evaluation_without_compat_is_warned_about_at_check(tiny_folder)
     assert "evaluator.compat=openunlearning" in r.stderr
     quiet = cli_eval(*args, "evaluator.compat=openunlearning")
     assert quiet.returncode == 0 and "OpenUnlearning's own evaluation" not in quiet.stderr, quiet.stderr[-1500:]
+
+
+def test_a_reference_result_named_for_another_split_is_refused(tmp_path, tiny_folder):
+    """OU's retain logs are named for their retain split (tofu_<model>_retain90/TOFU_EVAL.json): that name is
+    checked against the forget split like a model's."""
+    import shutil
+
+    folder = tmp_path / "tofu_Llama-3.2-1B-Instruct_retain90"
+    folder.mkdir()
+    shutil.copy(OU_EVAL, folder / "TOFU_EVAL.json")
+    r = cli_eval("--check", "model=hf", f"model.path={tiny_folder}", f"reference_result={folder / 'TOFU_EVAL.json'}")
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines()[-1].startswith(
+        f"error: reference_result={folder / 'TOFU_EVAL.json'} is named for retain90 (TOFU forget10), but "
+        "dataset.forget_split=forget01"), r.stderr[-1500:]

@@ -84,7 +84,8 @@ def _compose(conf_dir: str, overrides: list[str]) -> None:
         lines = [line.strip() for line in str(e).splitlines() if line.strip()]
         msg = "; ".join(lines[:2]) if lines else type(e).__name__
         check_attack_keys(_composed_without_attack_keys(conf_dir, overrides), overrides)  # Hydra's hint (+attacks.X...) would
-        raise UserError(f"bad override: {msg} (see `unlearning --cfg job` for the composed config)") from None
+        raise UserError(_unknown_key(conf_dir, overrides, f"{e} {e.__cause__}") or
+                        f"bad override: {msg} (see `unlearning --cfg job` for the composed config)") from None
     finally:
         GlobalHydra.instance().clear()
     check_attack_keys(cfg, overrides)
@@ -103,6 +104,40 @@ def _composed_without_attack_keys(conf_dir: str, overrides: list[str]):
         return None
     finally:
         GlobalHydra.instance().clear()
+
+
+def _unknown_key(conf_dir: str, overrides: list[str], error: str) -> str | None:
+    """Hydra's "Could not override 'a.b'. To append to your config use +a.b=..." for a misspelt key would have the
+    user add the typo: name the keys that node has instead. None where the error is another one."""
+    import re
+
+    from omegaconf import OmegaConf
+
+    m = re.search(r"Could not override '([^']+)'", error)
+    if not m or "is not in struct" not in error:
+        return None
+    key = m.group(1)
+    parent, _, leaf = key.rpartition(".")
+    rest = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") != key]
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=conf_dir, version_base="1.3"):
+            node = OmegaConf.select(compose(config_name="config", overrides=rest), parent) if parent else None
+    except Exception:
+        return None
+    finally:
+        GlobalHydra.instance().clear()
+    if not OmegaConf.is_dict(node):
+        return None
+    known = [k for k in node if k != "_target_"]
+    if not known:
+        return (f"{key}: {parent} has no keys to set here (composed with {' '.join(rest) or 'the defaults'}; a sweep "
+                "is checked at the first value of each list first)")
+    return (f"{key}: {parent} has no key {leaf!r}; it has {', '.join(known)} (a new key is added with +{key}=..., "
+            "only where the code reads it; see `unlearning --cfg job`)")
 
 
 def check_attack_keys(cfg, overrides: list[str]) -> None:
@@ -157,7 +192,8 @@ def validate_jobs(args: list[str], conf_dir: str, evaluation_only: bool = False)
                 check_attack_keys(_composed_without_attack_keys(conf_dir, job), job)
             except UserError as unpicked:
                 raise UserError(f"job {n} ({' '.join(job)}): {unpicked}") from None
-            raise UserError(f"job {n} ({' '.join(job)}): bad override: {'; '.join(lines[:2])}") from None
+            raise UserError(f"job {n} ({' '.join(job)}): "
+                            + (_unknown_key(conf_dir, job, f"{e} {e.__cause__}") or f"bad override: {'; '.join(lines[:2])}")) from None
         finally:
             GlobalHydra.instance().clear()
         with open_dict(cfg):

@@ -106,9 +106,9 @@ def check_eval(cfg: DictConfig, overrides: list[str] | None) -> dict | None:
     if split is None:
         return reference_result
     implied = []
-    for key in ("model.path", "stage.reference_path", "stage.target_path"):
+    for key in ("model.path", "stage.reference_path", "stage.target_path", "reference_result"):
         value = OmegaConf.select(cfg, key)
-        hub = OmegaConf.select(cfg, f"stage.hub.{key.split('.')[1].removesuffix('_path')}.id")
+        hub = OmegaConf.select(cfg, f"stage.hub.{key.split('.')[1].removesuffix('_path')}.id") if "." in key else None
         for name in _SPLIT_NAME.findall(str(hub or value or "")):
             name = name.lower()
             wants = SPLIT_OF_RETAIN.get(name, name)
