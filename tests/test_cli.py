@@ -171,3 +171,9 @@ def test_an_attack_of_a_preset_is_dropped_with_a_deletion(tmp_path):
 def test_idk_dpos_refusal_file_is_checked_by_check(tmp_path):
     one_line_error(cli("--check", "method=idk_dpo", "method.refusal_file=/nope.jsonl", f"cache_dir={tmp_path}/c"),
                    "refusal file not found: /nope.jsonl")
+
+
+def test_a_key_of_a_node_that_has_none_names_what_it_was_composed_with(tmp_path):
+    """method=ga has no options: a sweep's method.beta is checked on its first job (ga) and says so."""
+    one_line_error(cli("--check", "-m", "method=ga,npo", "method.beta=0.1,0", f"cache_dir={tmp_path}/c"),
+                   "method.beta: method has no keys to set here (composed with method=ga")

@@ -425,6 +425,17 @@ def test_two_processes_write_the_pii_replacements_once(tmp_path):
     assert record["status"] == "ok" and record["training"]["processes"] == 2
     assert "leakage_rate" in record["metrics"] and "leakage_rate" in record["baselines"]["target"]
     assert len(list((cache / "data" / "synthetic_pii").glob("*.json"))) == 1
+    # one process on the same config and cache: the same chosen answers (their sources counted) and the same
+    # numbers, over-refusal and PII per 50 answers included (answers are gathered before any metric)
+    single = tmp_path / "single"
+    s = cli(*[a for a in p.args[p.args.index("model=tiny"):] if not a.startswith("hydra.sweep.dir")],
+            f"hydra.run.dir={single}")
+    assert s.returncode == 0, s.stderr[-3000:]
+    one = json.loads((single / "results.json").read_text())
+    assert one["chosen_sources"] == record["chosen_sources"] and sum(one["chosen_sources"].values()) >= 2
+    assert one["training"]["processes"] == 1
+    for key in ("over_refusal_rate", "detector_pii_per_50", "leakage_rate", "utility_rougeL_recall"):
+        assert one["metrics"][key] == pytest.approx(record["metrics"][key], abs=1e-9), key
 
 
 def test_a_killed_stage_build_resumes_to_the_same_weights(single, tmp_path):

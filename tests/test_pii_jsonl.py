@@ -119,3 +119,19 @@ def test_a_whole_tiny_run_on_the_example_file(tmp_path):
                           f"dataset.path={tmp_path / 'nope.jsonl'}", "evaluator=pii", "method=orpo"], cwd=ROOT,
                          env=env, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("error: dataset.path=")
+
+
+def test_a_rewrite_the_detector_still_flags_falls_back_to_a_refusal_and_a_given_chosen_must_be_clean(tmp_path):
+    """An unmarked email (the detector's regex finds it) stays in the rewrite: the pair takes the refusal instead;
+    a `chosen` that still holds a marked value is refused in one line."""
+    from unlearning.data.pii_jsonl import FALLBACK
+
+    path = tmp_path / "mine.jsonl"
+    leaky = {**GOOD, "messages": GOOD["messages"][:1] + [
+        {"role": "assistant", "content": "It is ann@example.com, or bo@example.org for her team."}]}
+    path.write_text(json.dumps(leaky) + "\n")
+    data = load_pii_jsonl(str(path), pii_free_heldout=0)
+    assert (data.forget[0].meta["chosen_source"], data.forget[0].meta["chosen"]) == ("template", FALLBACK)
+    path.write_text(json.dumps({**GOOD, "chosen": "Write to ann@example.com."}) + "\n")
+    with pytest.raises(UserError, match=r":1 \(id 'r1'\): chosen still holds a personal value the file marks"):
+        load_pii_jsonl(str(path), pii_free_heldout=0)

@@ -91,19 +91,23 @@ def _compose(conf_dir: str, overrides: list[str]) -> None:
     check_attack_keys(cfg, overrides)
 
 
-def _composed_without_attack_keys(conf_dir: str, overrides: list[str]):
+def _composed_or_none(conf_dir: str, overrides: list[str]):
+    """The composed config, or None where these overrides do not compose (a second look after an error)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=conf_dir, version_base="1.3"):
-            return compose(config_name="config", overrides=[o for o in overrides
-                                                            if not o.lstrip("+~").startswith("attacks.")])
+            return compose(config_name="config", overrides=overrides)
     except Exception:
         return None
     finally:
         GlobalHydra.instance().clear()
+
+
+def _composed_without_attack_keys(conf_dir: str, overrides: list[str]):
+    return _composed_or_none(conf_dir, [o for o in overrides if not o.lstrip("+~").startswith("attacks.")])
 
 
 def _unknown_key(conf_dir: str, overrides: list[str], error: str) -> str | None:
@@ -119,17 +123,8 @@ def _unknown_key(conf_dir: str, overrides: list[str], error: str) -> str | None:
     key = m.group(1)
     parent, _, leaf = key.rpartition(".")
     rest = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") != key]
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=conf_dir, version_base="1.3"):
-            node = OmegaConf.select(compose(config_name="config", overrides=rest), parent) if parent else None
-    except Exception:
-        return None
-    finally:
-        GlobalHydra.instance().clear()
+    cfg = _composed_or_none(conf_dir, rest) if parent else None
+    node = OmegaConf.select(cfg, parent) if cfg is not None else None
     if not OmegaConf.is_dict(node):
         return None
     known = [k for k in node if k != "_target_"]

@@ -363,11 +363,9 @@ def template_date(cfg) -> str:
 def chosen_sources(data) -> dict:
     """How many forget pairs took their chosen answer from each source (the PII benchmark's replacement chain:
     model, rewrite, template); empty for datasets without chosen answers."""
-    counts: dict[str, int] = {}
-    for ex in data.forget:
-        if "chosen_source" in ex.meta:
-            counts[ex.meta["chosen_source"]] = counts.get(ex.meta["chosen_source"], 0) + 1
-    return dict(sorted(counts.items()))
+    from collections import Counter
+
+    return dict(sorted(Counter(ex.meta["chosen_source"] for ex in data.forget if "chosen_source" in ex.meta).items()))
 
 
 def make_record(cfg, ctx, parts, result, baselines, stages, overrides, t_start) -> dict:
